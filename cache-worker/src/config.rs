@@ -1,0 +1,347 @@
+//! Settings and their cascade: defaults < the macro's attribute < environment < builder.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::Error;
+
+/// The resolved settings of one running worker. See [`Builder`](crate::Builder) for each one's
+/// meaning, default and environment variable.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct Settings {
+    /// The bucket's name: in logs, dump headers and environment variable names.
+    pub bucket: String,
+    /// The dump file; `None` keeps the bucket in memory only.
+    pub file: Option<PathBuf>,
+    /// The interval between full refresh cycles, measured from the end of one to the start of
+    /// the next; `None` disables periodic refresh.
+    pub refresh: Option<Duration>,
+    /// How long one load may take before its waiters get [`FetchError::Timeout`](crate::FetchError::Timeout).
+    pub load_timeout: Duration,
+    /// How many loads a refresh runs at once.
+    pub concurrency: usize,
+    /// The version of the value type in dump files; bump it when the value type changes.
+    pub schema: u32,
+    /// At most one dump is written per this interval after writes.
+    pub dump_interval: Duration,
+    /// `false` bypasses the bucket: every get/fetch calls the loader and nothing is stored.
+    pub cache_enabled: bool,
+    /// How long `shutdown` waits for in-flight loads before writing the final dump.
+    pub shutdown_timeout: Duration,
+    /// How many events a subscriber may fall behind before it is told it lagged.
+    pub event_capacity: usize,
+    /// The first retry delay of a failed reload; doubled on each further failure.
+    pub retry_min: Duration,
+    /// The longest retry delay of a failed reload.
+    pub retry_max: Duration,
+}
+
+impl Settings {
+    pub(crate) fn defaults(bucket: String) -> Self {
+        Settings {
+            bucket,
+            file: None,
+            refresh: Some(Duration::from_secs(900)),
+            load_timeout: Duration::from_secs(30),
+            concurrency: 16,
+            schema: 0,
+            dump_interval: Duration::from_secs(5),
+            cache_enabled: true,
+            shutdown_timeout: Duration::from_secs(10),
+            event_capacity: 1024,
+            retry_min: Duration::from_secs(1),
+            retry_max: Duration::from_secs(300),
+        }
+    }
+
+    /// The delay before retry number `attempt` (1-based) of a failed reload.
+    pub(crate) fn retry_delay(&self, attempt: u32) -> Duration {
+        let factor = 1u32 << attempt.saturating_sub(1).min(20);
+        self.retry_min.saturating_mul(factor).min(self.retry_max)
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), Error> {
+        let invalid = |setting, reason: &str| {
+            Err(Error::InvalidConfig {
+                bucket: self.bucket.clone(),
+                setting,
+                reason: reason.to_owned(),
+            })
+        };
+        if self.concurrency == 0 {
+            return invalid("concurrency", "must be at least 1");
+        }
+        if self.event_capacity == 0 {
+            return invalid("event_capacity", "must be at least 1");
+        }
+        if self.load_timeout.is_zero() {
+            return invalid("load_timeout", "must be longer than zero");
+        }
+        if self.retry_min.is_zero() || self.retry_min > self.retry_max {
+            return invalid(
+                "retry_min",
+                "must be longer than zero and at most retry_max",
+            );
+        }
+        if self.bucket.is_empty() {
+            return invalid("bucket", "must not be empty");
+        }
+        Ok(())
+    }
+
+    /// The environment variable for `setting` of this bucket: `CACHE_WORKER_<BUCKET>_<SETTING>`.
+    pub fn env_var(bucket: &str, setting: &str) -> String {
+        let bucket: String = bucket
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_uppercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        format!("CACHE_WORKER_{bucket}_{}", setting.to_ascii_uppercase())
+    }
+}
+
+/// One layer of the cascade: each field is `Some` where this layer sets it.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Layer {
+    pub(crate) bucket: Option<String>,
+    pub(crate) file: Option<Option<PathBuf>>,
+    pub(crate) refresh: Option<Option<Duration>>,
+    pub(crate) load_timeout: Option<Duration>,
+    pub(crate) concurrency: Option<usize>,
+    pub(crate) schema: Option<u32>,
+    pub(crate) dump_interval: Option<Duration>,
+    pub(crate) cache_enabled: Option<bool>,
+    pub(crate) shutdown_timeout: Option<Duration>,
+    pub(crate) event_capacity: Option<usize>,
+    pub(crate) retry_min: Option<Duration>,
+    pub(crate) retry_max: Option<Duration>,
+}
+
+impl Layer {
+    pub(crate) fn apply(&self, s: &mut Settings) {
+        fn set<T: Clone>(target: &mut T, value: &Option<T>) {
+            if let Some(v) = value {
+                *target = v.clone();
+            }
+        }
+        set(&mut s.bucket, &self.bucket);
+        set(&mut s.file, &self.file);
+        set(&mut s.refresh, &self.refresh);
+        set(&mut s.load_timeout, &self.load_timeout);
+        set(&mut s.concurrency, &self.concurrency);
+        set(&mut s.schema, &self.schema);
+        set(&mut s.dump_interval, &self.dump_interval);
+        set(&mut s.cache_enabled, &self.cache_enabled);
+        set(&mut s.shutdown_timeout, &self.shutdown_timeout);
+        set(&mut s.event_capacity, &self.event_capacity);
+        set(&mut s.retry_min, &self.retry_min);
+        set(&mut s.retry_max, &self.retry_max);
+    }
+
+    /// Reads `CACHE_WORKER_<BUCKET>_*` through `lookup` (the process environment in production).
+    pub(crate) fn from_env(
+        bucket: &str,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Layer, Error> {
+        let get = |setting: &str| {
+            let variable = Settings::env_var(bucket, setting);
+            lookup(&variable).map(|value| (variable, value))
+        };
+        let invalid = |variable: String, value: String, reason: &str| Error::InvalidSetting {
+            variable,
+            value,
+            reason: reason.to_owned(),
+        };
+        let duration = |setting: &str| -> Result<Option<Duration>, Error> {
+            get(setting)
+                .map(|(variable, value)| {
+                    humantime::parse_duration(value.trim()).map_err(|e| {
+                        invalid(variable, value.clone(), &format!("{e}; expected a duration such as \"90s\", \"15m\", \"1h\" or \"1h30m\""))
+                    })
+                })
+                .transpose()
+        };
+        let number = |setting: &str| -> Result<Option<u64>, Error> {
+            get(setting)
+                .map(|(variable, value)| {
+                    value
+                        .trim()
+                        .parse::<u64>()
+                        .map_err(|_| invalid(variable, value.clone(), "expected a whole number"))
+                })
+                .transpose()
+        };
+        let mut layer = Layer::default();
+        if let Some((_, value)) = get("FILE") {
+            let value = value.trim();
+            layer.file = Some(match value {
+                "" | "none" | "off" => None,
+                path => Some(PathBuf::from(path)),
+            });
+        }
+        if let Some((variable, value)) = get("REFRESH") {
+            layer.refresh = Some(match value.trim() {
+                "none" | "off" | "0" => None,
+                text => match humantime::parse_duration(text) {
+                    Ok(d) if d.is_zero() => None,
+                    Ok(d) => Some(d),
+                    Err(e) => {
+                        return Err(invalid(
+                            variable,
+                            value.clone(),
+                            &format!(
+                                "{e}; expected a duration such as \"90s\", \"15m\", \"1h\", or \"off\""
+                            ),
+                        ));
+                    }
+                },
+            });
+        }
+        layer.load_timeout = duration("LOAD_TIMEOUT")?;
+        layer.dump_interval = duration("DUMP_INTERVAL")?;
+        layer.shutdown_timeout = duration("SHUTDOWN_TIMEOUT")?;
+        layer.retry_min = duration("RETRY_MIN")?;
+        layer.retry_max = duration("RETRY_MAX")?;
+        layer.concurrency = number("CONCURRENCY")?.map(|n| n as usize);
+        layer.event_capacity = number("EVENT_CAPACITY")?.map(|n| n as usize);
+        if let Some((variable, value)) = get("SCHEMA") {
+            layer.schema = Some(value.trim().parse::<u32>().map_err(|_| {
+                invalid(
+                    variable,
+                    value.clone(),
+                    "expected a whole number up to 4294967295",
+                )
+            })?);
+        }
+        if let Some((variable, value)) = get("CACHE_ENABLED") {
+            layer.cache_enabled = Some(match value.trim().to_ascii_lowercase().as_str() {
+                "1" | "true" | "yes" | "on" => true,
+                "0" | "false" | "no" | "off" => false,
+                _ => return Err(invalid(variable, value, "expected true or false")),
+            });
+        }
+        Ok(layer)
+    }
+}
+
+/// The compile-time layer that `#[cache_worker(...)]` generates. Not for direct use.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug)]
+pub struct Attributes {
+    pub bucket: &'static str,
+    pub file: Option<&'static str>,
+    pub refresh: Option<Duration>,
+    pub load_timeout: Option<Duration>,
+    pub concurrency: Option<usize>,
+    pub schema: Option<u32>,
+    pub dump_interval: Option<Duration>,
+    pub cache_enabled: Option<bool>,
+}
+
+impl Attributes {
+    pub(crate) fn layer(&self) -> Layer {
+        Layer {
+            bucket: Some(self.bucket.to_owned()),
+            file: self.file.map(|f| Some(PathBuf::from(f))),
+            refresh: self.refresh.map(|d| (!d.is_zero()).then_some(d)),
+            load_timeout: self.load_timeout,
+            concurrency: self.concurrency,
+            schema: self.schema,
+            dump_interval: self.dump_interval,
+            cache_enabled: self.cache_enabled,
+            ..Layer::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn env_names_follow_the_bucket() {
+        assert_eq!(
+            Settings::env_var("my-sessions", "refresh"),
+            "CACHE_WORKER_MY_SESSIONS_REFRESH"
+        );
+    }
+
+    #[test]
+    fn env_layer_parses_every_setting() {
+        let layer = Layer::from_env(
+            "s",
+            env(&[
+                ("CACHE_WORKER_S_FILE", "/tmp/x.dump"),
+                ("CACHE_WORKER_S_REFRESH", "1h30m"),
+                ("CACHE_WORKER_S_LOAD_TIMEOUT", "5s"),
+                ("CACHE_WORKER_S_CONCURRENCY", "4"),
+                ("CACHE_WORKER_S_SCHEMA", "7"),
+                ("CACHE_WORKER_S_DUMP_INTERVAL", "2s"),
+                ("CACHE_WORKER_S_CACHE_ENABLED", "false"),
+                ("CACHE_WORKER_S_SHUTDOWN_TIMEOUT", "3s"),
+                ("CACHE_WORKER_S_EVENT_CAPACITY", "9"),
+                ("CACHE_WORKER_S_RETRY_MIN", "100ms"),
+                ("CACHE_WORKER_S_RETRY_MAX", "1m"),
+            ]),
+        )
+        .expect("valid");
+        let mut s = Settings::defaults("s".into());
+        layer.apply(&mut s);
+        assert_eq!(s.file, Some(PathBuf::from("/tmp/x.dump")));
+        assert_eq!(s.refresh, Some(Duration::from_secs(5400)));
+        assert_eq!(s.load_timeout, Duration::from_secs(5));
+        assert_eq!(s.concurrency, 4);
+        assert_eq!(s.schema, 7);
+        assert_eq!(s.dump_interval, Duration::from_secs(2));
+        assert!(!s.cache_enabled);
+        assert_eq!(s.shutdown_timeout, Duration::from_secs(3));
+        assert_eq!(s.event_capacity, 9);
+        assert_eq!(s.retry_min, Duration::from_millis(100));
+        assert_eq!(s.retry_max, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn refresh_off_disables() {
+        for off in ["off", "0", "none", "0s"] {
+            let layer =
+                Layer::from_env("s", env(&[("CACHE_WORKER_S_REFRESH", off)])).expect("valid");
+            assert_eq!(layer.refresh, Some(None), "{off}");
+        }
+    }
+
+    #[test]
+    fn invalid_env_names_variable_and_value() {
+        let err = Layer::from_env("s", env(&[("CACHE_WORKER_S_REFRESH", "1 hour please")]))
+            .expect_err("invalid");
+        let msg = err.to_string();
+        assert!(msg.contains("CACHE_WORKER_S_REFRESH"), "{msg}");
+        assert!(msg.contains("1 hour please"), "{msg}");
+        let err = Layer::from_env("s", env(&[("CACHE_WORKER_S_CONCURRENCY", "many")]))
+            .expect_err("invalid");
+        assert!(err.to_string().contains("CACHE_WORKER_S_CONCURRENCY"));
+    }
+
+    #[test]
+    fn retry_delay_doubles_up_to_the_cap() {
+        let mut s = Settings::defaults("s".into());
+        s.retry_min = Duration::from_secs(1);
+        s.retry_max = Duration::from_secs(10);
+        let delays: Vec<u64> = (1..=6).map(|a| s.retry_delay(a).as_secs()).collect();
+        assert_eq!(delays, [1, 2, 4, 8, 10, 10]);
+    }
+}

@@ -1,0 +1,212 @@
+//! Dump files on disk: atomic writes off the read path, and the warm start.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::CacheWorker;
+use crate::Error;
+use crate::bucket::Entry;
+use crate::codec::{self, DecodeError};
+use crate::inner::{Inner, Key, Value};
+use crate::stats::bump;
+
+/// Writes the bucket to its dump file now. Readers never wait: the bucket is copied out (its
+/// values shared, not cloned) and encoded on a blocking thread.
+pub(crate) async fn write<W: CacheWorker>(inner: &Arc<Inner<W>>) -> Result<(), Error> {
+    let Some(path) = inner.settings.file.clone() else {
+        return Ok(());
+    };
+    let _one_at_a_time = inner.dump_lock.lock().await;
+    // Changes from here on mark the bucket dirty again and get the next dump.
+    inner.dirty.store(false, Ordering::Release);
+    let entries = inner.bucket.snapshot();
+    let count = entries.len();
+    let bucket = inner.settings.bucket.clone();
+    let schema = inner.settings.schema;
+    let started = Instant::now();
+    let target = path.clone();
+    let written =
+        tokio::task::spawn_blocking(move || write_file(&target, &bucket, schema, &entries))
+            .await
+            .unwrap_or_else(|join| Err(io::Error::other(format!("dump writer crashed: {join}"))));
+    let elapsed = started.elapsed();
+    let bucket = inner.bucket_name();
+    match written {
+        Ok(()) => {
+            let micros = elapsed.as_micros() as u64;
+            bump(&inner.stats.dump_writes);
+            inner
+                .stats
+                .dump_write_micros
+                .fetch_add(micros, Ordering::Relaxed);
+            inner
+                .stats
+                .last_dump_micros
+                .store(micros, Ordering::Relaxed);
+            tracing::info!(bucket, path = %path.display(), entries = count, ?elapsed, "dump written");
+            Ok(())
+        }
+        Err(source) => {
+            bump(&inner.stats.dump_failures);
+            inner.dirty.store(true, Ordering::Release);
+            tracing::error!(bucket, path = %path.display(), error = %source, "dump write failed; the previous dump is kept");
+            Err(Error::DumpWrite { path, source })
+        }
+    }
+}
+
+/// Temp file in the same directory, fsync, rename over the dump, fsync the directory: a crash
+/// at any moment leaves the previous dump or the new one, never a mix.
+fn write_file<K: Serialize, V: Serialize>(
+    path: &Path,
+    bucket: &str,
+    schema: u32,
+    entries: &[(K, Entry<V>)],
+) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::other("the dump path has no file name"))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".tmp.{}", std::process::id()));
+    let tmp = dir.join(tmp_name);
+    let result = (|| {
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
+        codec::write(&file, bucket, schema, entries)?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)?;
+        File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Restores the bucket from its dump file. Returns how many entries were restored, or `None`
+/// for a cold start (no file, a foreign or damaged one). Never fails the start.
+pub(crate) async fn restore<W: CacheWorker>(inner: &Inner<W>) -> Option<usize> {
+    let path = inner.settings.file.clone()?;
+    let bucket = inner.settings.bucket.clone();
+    let schema = inner.settings.schema;
+    let started = Instant::now();
+    let target = path.clone();
+    let read = tokio::task::spawn_blocking(move || {
+        read_file::<Key<W>, Value<W>>(&target, &bucket, schema)
+    })
+    .await
+    .unwrap_or_else(|join| {
+        Err(ReadError::Io(io::Error::other(format!(
+            "dump reader crashed: {join}"
+        ))))
+    });
+    let bucket = inner.bucket_name();
+    let schema = inner.settings.schema;
+    let shown = path.display();
+    match read {
+        Ok(mut entries) => {
+            let now = inner.clock.now_ms();
+            let total = entries.len();
+            entries.retain(|(_, e)| e.expires_at > now);
+            let count = entries.len();
+            inner.bucket.restore(entries);
+            tracing::info!(bucket, path = %shown, entries = count, expired = total - count, elapsed = ?started.elapsed(), "warm start from dump");
+            Some(count)
+        }
+        Err(ReadError::Io(e)) if e.kind() == io::ErrorKind::NotFound => {
+            tracing::info!(bucket, path = %shown, "no dump file; cold start");
+            None
+        }
+        Err(ReadError::Io(e)) => {
+            tracing::warn!(bucket, path = %shown, error = %e, "dump file unreadable; cold start");
+            None
+        }
+        Err(ReadError::Decode(DecodeError::Foreign {
+            bucket: theirs,
+            schema: their_schema,
+        })) => {
+            tracing::warn!(
+                bucket,
+                path = %shown,
+                "dump file is of bucket {theirs:?} schema {their_schema}, this worker is bucket {bucket:?} schema {schema}: refused; cold start"
+            );
+            None
+        }
+        Err(ReadError::Decode(DecodeError::Corrupt(why))) => {
+            let aside = corrupt_path(&path);
+            let moved = fs::rename(&path, &aside);
+            tracing::warn!(
+                bucket,
+                path = %shown,
+                reason = %why,
+                moved_to = %aside.display(),
+                moved = moved.is_ok(),
+                "dump file is damaged; cold start"
+            );
+            None
+        }
+    }
+}
+
+enum ReadError {
+    Io(io::Error),
+    Decode(DecodeError),
+}
+
+fn read_file<K: serde::de::DeserializeOwned, V: serde::de::DeserializeOwned>(
+    path: &Path,
+    bucket: &str,
+    schema: u32,
+) -> Result<Vec<(K, Entry<V>)>, ReadError> {
+    let bytes = fs::read(path).map_err(ReadError::Io)?;
+    codec::read(&bytes, bucket, schema).map_err(ReadError::Decode)
+}
+
+/// Where a damaged dump is moved: `<file>.corrupt`.
+pub(crate) fn corrupt_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".corrupt");
+    PathBuf::from(name)
+}
+
+/// Writes a dump after changes, at most once per `dump_interval`, until the worker stops.
+pub(crate) fn spawn_writer<W: CacheWorker>(inner: Arc<Inner<W>>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        if inner.settings.file.is_none() {
+            return;
+        }
+        let interval = inner.settings.dump_interval;
+        let mut last: Option<tokio::time::Instant> = None;
+        loop {
+            tokio::select! {
+                _ = inner.dump_wanted.notified() => {}
+                _ = inner.cancel.cancelled() => return,
+            }
+            if let Some(at) = last {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(at + interval) => {}
+                    _ = inner.cancel.cancelled() => return,
+                }
+            }
+            if inner.dirty.load(Ordering::Acquire) {
+                // Failures are logged and counted inside; the next change tries again.
+                let _ = write(&inner).await;
+                last = Some(tokio::time::Instant::now());
+            }
+        }
+    })
+}

@@ -1,0 +1,463 @@
+//! [`Worker`], the handle to a running worker, and its [`Builder`].
+
+use std::borrow::Borrow;
+use std::hash::Hash;
+use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Attributes, Layer, Settings};
+use crate::inner::{Inner, Source};
+use crate::load::{fetch, load_one};
+use crate::refresh::{Command, RefreshReport};
+use crate::{CacheWorker, Error, EventStream, FetchError, SeedError, Stats, dump, refresh};
+
+/// A running cache worker: a cheap-to-clone handle (two `Arc`s inside).
+///
+/// The bucket lives in the handle, not in a task, so a crashed refresher never loses data.
+/// Dropping the last handle stops the background tasks; call [`shutdown`](Worker::shutdown)
+/// first to write the final dump.
+///
+/// ```
+/// # use cache_worker::{CacheWorker, Worker};
+/// # struct Squares;
+/// # impl CacheWorker for Squares {
+/// #     type Key = u64; type Value = u64; type Error = std::io::Error;
+/// #     async fn load(&self, key: &u64) -> Result<Option<u64>, std::io::Error> { Ok(Some(key * key)) }
+/// # }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), cache_worker::Error> {
+/// let squares = Worker::builder(Squares).bucket("squares").start().await?;
+/// assert_eq!(*squares.fetch(&12).await.unwrap(), 144);
+/// assert_eq!(squares.peek(&12).as_deref(), Some(&144)); // cache only, never loads
+/// squares.shutdown().await;
+/// # Ok(()) }
+/// ```
+pub struct Worker<W: CacheWorker> {
+    inner: Arc<Inner<W>>,
+    _alive: Arc<Alive>,
+}
+
+impl<W: CacheWorker> Clone for Worker<W> {
+    fn clone(&self) -> Self {
+        Worker {
+            inner: self.inner.clone(),
+            _alive: self._alive.clone(),
+        }
+    }
+}
+
+impl<W: CacheWorker> std::fmt::Debug for Worker<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("bucket", &self.inner.settings.bucket)
+            .field("entries", &self.inner.bucket.len())
+            .field("running", &self.inner.is_running())
+            .finish()
+    }
+}
+
+/// Held by every user handle (not by the background tasks): the last one dropped stops them.
+struct Alive(CancellationToken);
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
+/// A value from [`Worker::fetch_unsaved`], and whether the loader was called for it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Fetched<V> {
+    /// The value.
+    pub value: Arc<V>,
+    /// `true` if it was loaded now (and not saved); `false` if it came from the bucket.
+    pub loaded: bool,
+}
+
+impl<W: CacheWorker> Worker<W> {
+    /// Starts configuring an instance of the worker `state`; finish with
+    /// [`Builder::start`].
+    #[must_use = "a builder does nothing until `.start().await`"]
+    pub fn builder(state: W) -> Builder<W> {
+        Builder {
+            state,
+            attributes: None,
+            explicit: Layer::default(),
+        }
+    }
+
+    /// The value of `key`: from the bucket, or loaded (coalesced with concurrent misses) and
+    /// stored. Any failure gives `None`; use [`fetch`](Worker::fetch) to see why.
+    pub async fn get(&self, key: &W::Key) -> Option<Arc<W::Value>> {
+        self.fetch(key).await.ok()
+    }
+
+    /// The value of `key`: from the bucket, or loaded and stored.
+    ///
+    /// Concurrent misses of one key share one load; each gets the same result. A load that
+    /// fails, panics or passes the load timeout stores nothing and gives every waiter the same
+    /// [`FetchError`]; the next fetch tries again. Dropping this future cancels nothing for
+    /// the other waiters: the load runs on its own task.
+    pub async fn fetch(&self, key: &W::Key) -> Result<Arc<W::Value>, FetchError> {
+        fetch(&self.inner, key).await
+    }
+
+    /// The value of `key` if it is in the bucket. Never loads, never waits: the hot path.
+    ///
+    /// Takes any borrowed form of the key, as `HashMap::get` does (`&str` for a `String` key).
+    #[inline]
+    pub fn peek<Q>(&self, key: &Q) -> Option<Arc<W::Value>>
+    where
+        W::Key: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        if !self.inner.settings.cache_enabled {
+            return None;
+        }
+        let found = self.inner.bucket.peek(key);
+        if found.is_some() {
+            self.inner.stats.hits.incr();
+        } else {
+            self.inner.stats.misses.incr();
+        }
+        found
+    }
+
+    /// Like [`fetch`](Worker::fetch), but a loaded value is not stored: validate it, then
+    /// commit it with [`insert`](Worker::insert) (the original's `fetch_no_save` + `direct_set`).
+    /// Not coalesced, since nothing is shared.
+    pub async fn fetch_unsaved(&self, key: &W::Key) -> Result<Fetched<W::Value>, FetchError> {
+        if let Some(value) = self.peek(key) {
+            return Ok(Fetched {
+                value,
+                loaded: false,
+            });
+        }
+        if !self.inner.is_running() {
+            return Err(FetchError::NotStarted);
+        }
+        match load_one(&self.inner, key).await? {
+            Some(value) => Ok(Fetched {
+                value: Arc::new(value),
+                loaded: true,
+            }),
+            None => Err(FetchError::NotFound),
+        }
+    }
+
+    /// Stores `value` under `key` (a `V` or an `Arc<V>`). An equal value is no change and emits
+    /// nothing. Ignored when the cache is disabled.
+    pub fn insert(&self, key: W::Key, value: impl Into<Arc<W::Value>>) {
+        if self.inner.settings.cache_enabled {
+            self.inner.store(key, value.into(), Source::Insert);
+        }
+    }
+
+    /// Removes `key` (`Removed { cause: Invalidated }`) and returns its value, if it had one.
+    pub fn invalidate<Q>(&self, key: &Q) -> Option<Arc<W::Value>>
+    where
+        W::Key: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.inner.remove(key, crate::RemovalCause::Invalidated)
+    }
+
+    /// Every key in the bucket now, in no particular order.
+    pub fn keys(&self) -> Vec<W::Key> {
+        self.inner.bucket.keys()
+    }
+
+    /// How many entries the bucket holds.
+    pub fn len(&self) -> usize {
+        self.inner.bucket.len()
+    }
+
+    /// Whether the bucket is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Runs one full refresh cycle now and returns what it did. If a cycle is running, the
+    /// next one (started right after it) is the one reported.
+    pub async fn refresh_all(&self) -> Result<RefreshReport, Error> {
+        let bucket = || self.inner.settings.bucket.clone();
+        if !self.inner.is_running() {
+            return Err(Error::ShutDown { bucket: bucket() });
+        }
+        let (reply, report) = oneshot::channel();
+        self.inner
+            .commands
+            .send(Command::RefreshNow(reply))
+            .map_err(|_| Error::ShutDown { bucket: bucket() })?;
+        report
+            .await
+            .map_err(|_| Error::ShutDown { bucket: bucket() })
+    }
+
+    /// A stream of the bucket's changes from now on. See [`EventStream`] for what a
+    /// subscriber that falls behind gets.
+    pub fn subscribe(&self) -> EventStream<W::Key, W::Value> {
+        EventStream::new(self.inner.events.subscribe())
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> Stats {
+        self.inner.stats.snapshot(self.inner.bucket.len())
+    }
+
+    /// The settings this instance runs with, after the cascade.
+    pub fn settings(&self) -> &Settings {
+        &self.inner.settings
+    }
+
+    /// Writes the dump file now (it is otherwise written after changes, debounced, and on
+    /// shutdown). A failure leaves the previous dump intact.
+    pub async fn dump(&self) -> Result<(), Error> {
+        dump::write(&self.inner).await
+    }
+
+    /// Stops refreshing, waits for in-flight loads (up to the shutdown timeout), and writes the
+    /// final dump. Reads from the bucket still work afterwards; misses no longer load.
+    /// Calling it again does nothing.
+    pub async fn shutdown(&self) {
+        let inner = &self.inner;
+        if !inner.running.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        let bucket = inner.bucket_name();
+        tracing::info!(bucket, "shutting down");
+        inner.cancel.cancel();
+        let deadline = tokio::time::Instant::now() + inner.settings.shutdown_timeout;
+        inner.loads.close();
+        if tokio::time::timeout_at(deadline, inner.loads.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                bucket,
+                timeout = ?inner.settings.shutdown_timeout,
+                "loads still running at the shutdown timeout; writing the final dump without them"
+            );
+        }
+        let tasks = std::mem::take(&mut *inner.background.lock());
+        for task in tasks {
+            let _ = tokio::time::timeout_at(deadline, task).await;
+        }
+        // Logged and counted inside; the previous dump stays.
+        let _ = dump::write(inner).await;
+        tracing::info!(bucket, "shut down");
+    }
+}
+
+/// Configures and starts a [`Worker`]. Settings cascade, lowest first: defaults < the
+/// `#[cache_worker]` attribute < environment variables `CACHE_WORKER_<BUCKET>_<SETTING>` < the
+/// builder's methods.
+///
+/// | setting | default | environment |
+/// |---|---|---|
+/// | [`bucket`](Builder::bucket) | the type's name, lowercased | — |
+/// | [`file`](Builder::file) | none (memory only) | `.._FILE` (`off` for none) |
+/// | [`refresh`](Builder::refresh) | 15 min | `.._REFRESH` (`off` or `0` disables) |
+/// | [`load_timeout`](Builder::load_timeout) | 30 s | `.._LOAD_TIMEOUT` |
+/// | [`concurrency`](Builder::concurrency) | 16 | `.._CONCURRENCY` |
+/// | [`schema`](Builder::schema) | 0 | `.._SCHEMA` |
+/// | [`dump_interval`](Builder::dump_interval) | 5 s | `.._DUMP_INTERVAL` |
+/// | [`cache_enabled`](Builder::cache_enabled) | true | `.._CACHE_ENABLED` |
+/// | [`shutdown_timeout`](Builder::shutdown_timeout) | 10 s | `.._SHUTDOWN_TIMEOUT` |
+/// | [`event_capacity`](Builder::event_capacity) | 1024 | `.._EVENT_CAPACITY` |
+/// | [`retry_backoff`](Builder::retry_backoff) | 1 s doubling to 5 min | `.._RETRY_MIN`, `.._RETRY_MAX` |
+///
+/// Durations in the environment are written as `"90s"`, `"15m"`, `"1h"`, `"1h30m"`.
+#[must_use = "a builder does nothing until `.start().await`"]
+pub struct Builder<W: CacheWorker> {
+    state: W,
+    attributes: Option<&'static Attributes>,
+    explicit: Layer,
+}
+
+impl<W: CacheWorker> Builder<W> {
+    /// The bucket's name: in logs, dump headers and environment variable names.
+    pub fn bucket(mut self, name: impl Into<String>) -> Self {
+        self.explicit.bucket = Some(name.into());
+        self
+    }
+
+    /// Persist the bucket in this dump file: restored at start, written after changes and on
+    /// shutdown.
+    pub fn file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.explicit.file = Some(Some(path.into()));
+        self
+    }
+
+    /// Keep the bucket in memory only, whatever the attribute or environment say.
+    pub fn no_file(mut self) -> Self {
+        self.explicit.file = Some(None);
+        self
+    }
+
+    /// Reload every entry this often, measured from the end of one cycle to the start of the
+    /// next. `Duration::ZERO` disables periodic refresh.
+    pub fn refresh(mut self, every: Duration) -> Self {
+        self.explicit.refresh = Some((!every.is_zero()).then_some(every));
+        self
+    }
+
+    /// How long one load may take.
+    pub fn load_timeout(mut self, timeout: Duration) -> Self {
+        self.explicit.load_timeout = Some(timeout);
+        self
+    }
+
+    /// How many loads a refresh runs at once.
+    pub fn concurrency(mut self, loads: usize) -> Self {
+        self.explicit.concurrency = Some(loads);
+        self
+    }
+
+    /// The version of the value type in dump files: bump it when the value type changes, so
+    /// that an old dump is refused rather than misread.
+    pub fn schema(mut self, version: u32) -> Self {
+        self.explicit.schema = Some(version);
+        self
+    }
+
+    /// At most one dump per this interval after writes.
+    pub fn dump_interval(mut self, interval: Duration) -> Self {
+        self.explicit.dump_interval = Some(interval);
+        self
+    }
+
+    /// `false` bypasses the bucket: every get/fetch calls the loader (concurrent calls for one
+    /// key still share a load) and nothing is stored.
+    pub fn cache_enabled(mut self, enabled: bool) -> Self {
+        self.explicit.cache_enabled = Some(enabled);
+        self
+    }
+
+    /// How long `shutdown` waits for in-flight loads.
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.explicit.shutdown_timeout = Some(timeout);
+        self
+    }
+
+    /// How many events a subscriber may fall behind before it gets `Event::Lagged`.
+    pub fn event_capacity(mut self, events: usize) -> Self {
+        self.explicit.event_capacity = Some(events);
+        self
+    }
+
+    /// The first and the longest delay between retries of a failed reload.
+    pub fn retry_backoff(mut self, first: Duration, max: Duration) -> Self {
+        self.explicit.retry_min = Some(first);
+        self.explicit.retry_max = Some(max);
+        self
+    }
+
+    #[doc(hidden)]
+    pub fn attributes(mut self, attributes: &'static Attributes) -> Self {
+        self.attributes = Some(attributes);
+        self
+    }
+
+    /// The settings after the cascade, reading the process environment.
+    fn settings(&self) -> Result<Settings, Error> {
+        let bucket = self
+            .explicit
+            .bucket
+            .clone()
+            .or_else(|| self.attributes.map(|a| a.bucket.to_owned()))
+            .unwrap_or_else(default_bucket::<W>);
+        let mut settings = Settings::defaults(bucket);
+        if let Some(attributes) = self.attributes {
+            attributes.layer().apply(&mut settings);
+        }
+        Layer::from_env(&settings.bucket, |name| std::env::var(name).ok())?.apply(&mut settings);
+        self.explicit.apply(&mut settings);
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Starts the worker: restores the dump (a warm start) or seeds a cold one, starts the
+    /// refresher and the dump writer, and returns once the bucket is ready to read.
+    pub async fn start(self) -> Result<Worker<W>, Error> {
+        let settings = self.settings()?;
+        let inner = Arc::new(Inner::new(self.state, settings));
+        let restored = dump::restore(&inner).await;
+        match restored {
+            Some(count) => {
+                inner.stats.restored.store(count as u64, Ordering::Relaxed);
+            }
+            None => seed(&inner).await?,
+        }
+        inner.running.store(true, Ordering::Release);
+        let supervisor = refresh::supervise(inner.clone());
+        let writer = dump::spawn_writer(inner.clone());
+        inner.background.lock().extend([supervisor, writer]);
+        tracing::info!(
+            bucket = inner.bucket_name(),
+            entries = inner.bucket.len(),
+            warm = restored.is_some(),
+            "started"
+        );
+        let alive = Arc::new(Alive(inner.cancel.clone()));
+        Ok(Worker {
+            inner,
+            _alive: alive,
+        })
+    }
+}
+
+fn default_bucket<W>() -> String {
+    let name = std::any::type_name::<W>();
+    let name = name.split('<').next().unwrap_or(name);
+    name.rsplit("::")
+        .next()
+        .unwrap_or(name)
+        .to_ascii_lowercase()
+}
+
+/// Runs the worker's `seed` on a cold start, isolated like a load.
+async fn seed<W: CacheWorker>(inner: &Arc<Inner<W>>) -> Result<(), Error> {
+    let bucket = inner.bucket_name();
+    let timeout = inner.settings.load_timeout;
+    let seeded =
+        tokio::time::timeout(timeout, AssertUnwindSafe(inner.state.seed()).catch_unwind()).await;
+    match seeded {
+        Ok(Ok(Ok(entries))) => {
+            if !entries.is_empty() {
+                tracing::info!(bucket, entries = entries.len(), "seeded a cold start");
+            }
+            for (key, value) in entries {
+                inner.store(key, Arc::new(value), Source::Insert);
+            }
+            Ok(())
+        }
+        Ok(Ok(Err(SeedError::Skip(error)))) => {
+            tracing::warn!(bucket, error = %error, "seeding failed; starting empty");
+            Ok(())
+        }
+        Ok(Ok(Err(SeedError::Abort(error)))) => {
+            tracing::error!(bucket, error = %error, "seeding aborted the start");
+            Err(Error::SeedAborted {
+                bucket: bucket.to_owned(),
+                source: Box::new(error),
+            })
+        }
+        Ok(Err(payload)) => {
+            let message = crate::error::panic_message(&*payload);
+            tracing::error!(bucket, panic = %message, "seeding panicked; starting empty");
+            Ok(())
+        }
+        Err(_) => {
+            tracing::warn!(bucket, ?timeout, "seeding timed out; starting empty");
+            Ok(())
+        }
+    }
+}

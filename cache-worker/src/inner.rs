@@ -1,0 +1,204 @@
+//! The state one worker instance shares between its handles and its background tasks, and the
+//! one place where the bucket changes: every write goes through here so that events, stats,
+//! dumps and schedules follow every change the same way.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use dashmap::DashMap;
+use futures_util::future::{BoxFuture, Shared};
+use tokio::sync::{Notify, Semaphore, broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::bucket::{Bucket, Change, Entry, Hasher, NEVER};
+use crate::clock::{Clock, add_ms};
+use crate::config::Settings;
+use crate::events::{Event, RemovalCause};
+use crate::refresh::Command;
+use crate::stats::{Counters, bump};
+use crate::{CacheWorker, FetchError};
+
+pub(crate) type Key<W> = <W as CacheWorker>::Key;
+pub(crate) type Value<W> = <W as CacheWorker>::Value;
+pub(crate) type Flight<V> = Shared<BoxFuture<'static, Result<Arc<V>, FetchError>>>;
+
+pub(crate) struct Inner<W: CacheWorker> {
+    pub(crate) state: W,
+    pub(crate) settings: Settings,
+    pub(crate) bucket: Bucket<Key<W>, Value<W>>,
+    /// Loads in flight, one per key: later misses of the key wait on the same one.
+    pub(crate) flights: DashMap<Key<W>, Flight<Value<W>>, Hasher>,
+    pub(crate) stats: Counters,
+    pub(crate) events: broadcast::Sender<Event<Key<W>, Value<W>>>,
+    pub(crate) clock: Clock,
+    pub(crate) commands: mpsc::UnboundedSender<Command<Key<W>>>,
+    pub(crate) command_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<Command<Key<W>>>>,
+    /// Bounds the loads that refreshes run at once.
+    pub(crate) limiter: Semaphore,
+    /// False before start and after shutdown: misses cannot load.
+    pub(crate) running: AtomicBool,
+    /// Stops the refresher and the dump writer.
+    pub(crate) cancel: CancellationToken,
+    /// The spawned loads, so that shutdown can wait for them.
+    pub(crate) loads: TaskTracker,
+    /// Set by every change, cleared by the dump writer.
+    pub(crate) dirty: AtomicBool,
+    pub(crate) dump_wanted: Notify,
+    /// One dump write at a time.
+    pub(crate) dump_lock: tokio::sync::Mutex<()>,
+    /// The refresher's supervisor and the dump writer, joined on shutdown.
+    pub(crate) background: parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+/// Where a write came from, for tracing.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Source {
+    Load,
+    Refresh,
+    Insert,
+}
+
+impl<W: CacheWorker> Inner<W> {
+    pub(crate) fn new(state: W, settings: Settings) -> Self {
+        let (commands, command_rx) = mpsc::unbounded_channel();
+        let (events, _) = broadcast::channel(settings.event_capacity);
+        Inner {
+            state,
+            bucket: Bucket::new(),
+            flights: DashMap::with_hasher(Hasher::default()),
+            stats: Counters::default(),
+            events,
+            clock: Clock::new(),
+            commands,
+            command_rx: tokio::sync::Mutex::new(command_rx),
+            limiter: Semaphore::new(settings.concurrency),
+            running: AtomicBool::new(false),
+            cancel: CancellationToken::new(),
+            loads: TaskTracker::new(),
+            dirty: AtomicBool::new(false),
+            dump_wanted: Notify::new(),
+            dump_lock: tokio::sync::Mutex::new(()),
+            background: parking_lot::Mutex::new(Vec::new()),
+            settings,
+        }
+    }
+
+    pub(crate) fn bucket_name(&self) -> &str {
+        &self.settings.bucket
+    }
+
+    pub(crate) fn is_running(&self) -> bool {
+        self.running.load(Ordering::Acquire)
+    }
+
+    /// A new entry for `value` loaded now, with its expiry from the worker.
+    pub(crate) fn entry_now(&self, key: &Key<W>, value: Arc<Value<W>>) -> Entry<Value<W>> {
+        let now = self.clock.now_ms();
+        let expires_at = self
+            .state
+            .expire_after(key, &value)
+            .map_or(NEVER, |d| add_ms(now, d));
+        Entry {
+            value,
+            loaded_at: now,
+            expires_at,
+        }
+    }
+
+    /// Stores a value (inserting the key if needed) and reports the change.
+    pub(crate) fn store(&self, key: Key<W>, value: Arc<Value<W>>, source: Source) {
+        let entry = self.entry_now(&key, value.clone());
+        let change = self.bucket.store(key.clone(), entry);
+        self.after_change(key, value, change, source);
+    }
+
+    /// Stores a reloaded value only if the key is still present; false if it was not.
+    pub(crate) fn store_reloaded(&self, key: Key<W>, value: Arc<Value<W>>) -> Option<bool> {
+        let entry = self.entry_now(&key, value.clone());
+        let change = self.bucket.store_existing(&key, entry)?;
+        let changed = !matches!(change, Change::Unchanged);
+        self.after_change(key, value, change, Source::Refresh);
+        Some(changed)
+    }
+
+    /// Counts, traces, schedules, marks the dump dirty and emits the event of one change.
+    pub(crate) fn after_change(
+        &self,
+        key: Key<W>,
+        value: Arc<Value<W>>,
+        change: Change<Value<W>>,
+        source: Source,
+    ) {
+        self.schedule(&key, &value);
+        let bucket = self.bucket_name();
+        match change {
+            Change::Unchanged => {
+                bump(&self.stats.unchanged);
+                tracing::trace!(bucket, key = ?key, ?source, "unchanged");
+            }
+            Change::Inserted => {
+                bump(&self.stats.inserted);
+                tracing::debug!(bucket, key = ?key, ?source, "inserted");
+                self.mark_dirty();
+                self.emit(|| Event::Inserted { key, value });
+            }
+            Change::Updated { previous } => {
+                bump(&self.stats.updated);
+                tracing::debug!(bucket, key = ?key, ?source, "updated");
+                self.mark_dirty();
+                self.emit(|| Event::Updated {
+                    key,
+                    value,
+                    previous,
+                });
+            }
+        }
+    }
+
+    /// Reports the removal of an entry.
+    pub(crate) fn after_remove(&self, key: Key<W>, value: Arc<Value<W>>, cause: RemovalCause) {
+        if cause == RemovalCause::Expired {
+            bump(&self.stats.expired);
+        } else {
+            bump(&self.stats.removed);
+        }
+        tracing::debug!(bucket = self.bucket_name(), key = ?key, ?cause, "removed");
+        self.mark_dirty();
+        self.emit(|| Event::Removed { key, cause, value });
+    }
+
+    pub(crate) fn remove<Q>(&self, key: &Q, cause: RemovalCause) -> Option<Arc<Value<W>>>
+    where
+        Key<W>: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        let (key, entry) = self.bucket.remove(key)?;
+        self.after_remove(key, entry.value.clone(), cause);
+        Some(entry.value)
+    }
+
+    /// Tells the refresher about an entry with its own refresh interval or expiry.
+    fn schedule(&self, key: &Key<W>, value: &Value<W>) {
+        let timed = self.state.refresh_after(key, value).is_some()
+            || self.state.expire_after(key, value).is_some();
+        if timed {
+            // The refresher is gone only after shutdown, when schedules no longer matter.
+            let _ = self.commands.send(Command::Schedule(key.clone()));
+        }
+    }
+
+    /// Sends an event if anyone listens; building it costs nothing otherwise.
+    pub(crate) fn emit(&self, event: impl FnOnce() -> Event<Key<W>, Value<W>>) {
+        if self.events.receiver_count() > 0 {
+            let _ = self.events.send(event());
+        }
+    }
+
+    pub(crate) fn mark_dirty(&self) {
+        if self.settings.file.is_some() {
+            self.dirty.store(true, Ordering::Release);
+            self.dump_wanted.notify_one();
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! Declarative cache workers: data an application keeps in memory and refreshes in the
+//! background, so that every read is answered at once from memory and never waits on the slow
+//! upstream system it came from.
+//!
+//! Implement [`CacheWorker`] (one async `load`), then start it through the
+//! [`#[cache_worker]`](macro@cache_worker) attribute (one process-wide instance, reached through
+//! associated functions) or through [`Worker::builder`] (as many independent instances as you
+//! like). Either way you get:
+//!
+//! - a concurrent bucket whose reads ([`Worker::peek`]) take no lock shared with other readers;
+//! - coalesced loads: concurrent misses of one key share one call of `load`, isolated from
+//!   panics and hangs ([`FetchError`]);
+//! - a supervised background refresher: full cycles on an interval, per-entry refresh and
+//!   expiry from the value, stale-if-error with backoff, and bulk loads swapped in whole;
+//! - warm starts from an atomic, checksummed, versioned dump file;
+//! - change [`Event`]s, [`Stats`] and `tracing` events with `bucket` and `key` fields.
+//!
+//! ```
+//! use std::time::Duration;
+//! use cache_worker::{CacheWorker, Worker};
+//!
+//! struct Prices;
+//!
+//! impl CacheWorker for Prices {
+//!     type Key = String;
+//!     type Value = u32;
+//!     type Error = std::io::Error;
+//!
+//!     async fn load(&self, sku: &String) -> Result<Option<u32>, std::io::Error> {
+//!         Ok(Some(sku.len() as u32 * 100)) // a slow upstream call in real life
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), cache_worker::Error> {
+//! let dir = tempfile::tempdir().unwrap();
+//! let prices = Worker::builder(Prices)
+//!     .bucket("prices")
+//!     .file(dir.path().join("prices.dump"))
+//!     .refresh(Duration::from_secs(15 * 60))
+//!     .start()
+//!     .await?;
+//! assert_eq!(*prices.fetch(&"sku-1".to_string()).await.unwrap(), 500);
+//! assert_eq!(prices.peek("sku-1").as_deref(), Some(&500));
+//! prices.shutdown().await; // final dump: the next start is warm
+//! # Ok(()) }
+//! ```
+
+mod bucket;
+mod clock;
+mod codec;
+mod config;
+mod dump;
+mod error;
+mod events;
+mod handle;
+mod inner;
+mod load;
+mod refresh;
+mod slot;
+mod stats;
+mod worker;
+
+pub use config::Settings;
+pub use error::{Error, FetchError};
+pub use events::{Event, EventStream, RemovalCause};
+pub use handle::{Builder, Fetched, Worker};
+pub use refresh::RefreshReport;
+pub use stats::Stats;
+pub use worker::{CacheWorker, Entries, SeedError};
+
+#[cfg(feature = "macros")]
+pub use cache_worker_derive::cache_worker;
+
+/// What the code that `#[cache_worker]` generates calls. Not a public API: it may change in
+/// any release, which is why `cache-worker` pins `cache-worker-derive` exactly.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::config::Attributes;
+    pub use crate::slot::Slot;
+    pub use crate::{CacheWorker, Error, EventStream, FetchError, RefreshReport, Stats, Worker};
+    pub use std::borrow::Borrow;
+    pub use std::future::Future;
+    pub use std::hash::Hash;
+    pub use std::option::Option::{self, None, Some};
+    pub use std::result::Result;
+    pub use std::sync::Arc;
+    pub use std::time::Duration;
+    pub use std::vec::Vec;
+}

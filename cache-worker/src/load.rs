@@ -1,0 +1,150 @@
+//! Calling the loader: isolated from panics and hangs, and coalesced so that concurrent misses
+//! of one key share one load.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Instant;
+
+use dashmap::mapref::entry::Entry as MapEntry;
+use futures_util::FutureExt;
+
+use crate::error::panic_message;
+use crate::inner::{Flight, Inner, Key, Source, Value};
+use crate::stats::bump;
+use crate::{CacheWorker, FetchError};
+
+/// Runs one call of the loader with the load timeout, catching a panic, counting and tracing
+/// the outcome. `what` names the call in traces ("load", "load_all").
+pub(crate) async fn isolate<W: CacheWorker, T>(
+    inner: &Inner<W>,
+    what: &'static str,
+    key: Option<&Key<W>>,
+    call: impl Future<Output = Result<T, W::Error>>,
+) -> Result<T, FetchError> {
+    let bucket = inner.bucket_name();
+    let timeout = inner.settings.load_timeout;
+    let started = Instant::now();
+    let outcome = tokio::time::timeout(timeout, AssertUnwindSafe(call).catch_unwind()).await;
+    let elapsed = started.elapsed();
+    match outcome {
+        Ok(Ok(Ok(value))) => {
+            tracing::debug!(bucket, key = ?key, ?elapsed, "{what} done");
+            Ok(value)
+        }
+        Ok(Ok(Err(error))) => {
+            bump(&inner.stats.load_errors);
+            tracing::warn!(bucket, key = ?key, ?elapsed, error = %error, "{what} failed");
+            Err(FetchError::Load(Arc::new(error)))
+        }
+        Ok(Err(payload)) => {
+            bump(&inner.stats.panics);
+            let message = panic_message(&*payload);
+            tracing::error!(bucket, key = ?key, panic = %message, "{what} panicked");
+            Err(FetchError::Panicked(message))
+        }
+        Err(_) => {
+            bump(&inner.stats.timeouts);
+            tracing::warn!(bucket, key = ?key, ?timeout, "{what} timed out");
+            Err(FetchError::Timeout(timeout))
+        }
+    }
+}
+
+/// One isolated call of `load(key)`.
+pub(crate) async fn load_one<W: CacheWorker>(
+    inner: &Inner<W>,
+    key: &Key<W>,
+) -> Result<Option<Value<W>>, FetchError> {
+    bump(&inner.stats.loads);
+    let result = isolate(inner, "load", Some(key), inner.state.load(key)).await;
+    if let Ok(None) = result {
+        bump(&inner.stats.not_found);
+        tracing::debug!(bucket = inner.bucket_name(), key = ?key, "not found upstream");
+    }
+    result
+}
+
+/// A read that loads on a miss: the hit path, then a coalesced load.
+pub(crate) async fn fetch<W: CacheWorker>(
+    inner: &Arc<Inner<W>>,
+    key: &Key<W>,
+) -> Result<Arc<Value<W>>, FetchError> {
+    let cached = inner.settings.cache_enabled;
+    if cached {
+        if let Some(value) = inner.bucket.peek(key) {
+            inner.stats.hits.incr();
+            return Ok(value);
+        }
+        inner.stats.misses.incr();
+    }
+    if !inner.is_running() {
+        return Err(FetchError::NotStarted);
+    }
+    let flight = match inner.flights.entry(key.clone()) {
+        MapEntry::Occupied(o) => {
+            bump(&inner.stats.coalesced);
+            o.get().clone()
+        }
+        MapEntry::Vacant(v) => {
+            // A load of this key may have finished between the miss and taking this slot.
+            if cached && let Some(value) = inner.bucket.peek(key) {
+                return Ok(value);
+            }
+            let flight = spawn_load(inner.clone(), key.clone());
+            v.insert(flight.clone());
+            flight
+        }
+    };
+    flight.await
+}
+
+/// Starts a load on its own task, so that no waiter's cancellation cancels it, and returns a
+/// future every waiter can share.
+fn spawn_load<W: CacheWorker>(inner: Arc<Inner<W>>, key: Key<W>) -> Flight<Value<W>> {
+    let task = inner.loads.spawn({
+        let inner = inner.clone();
+        async move {
+            // Dropped after the store, or while unwinding: the key never stays stuck in flight.
+            let _landing = Landing {
+                inner: &*inner,
+                key: &key,
+            };
+            match load_one(&inner, &key).await {
+                Ok(Some(value)) => {
+                    let value = Arc::new(value);
+                    if inner.settings.cache_enabled {
+                        inner.store(key.clone(), value.clone(), Source::Load);
+                    }
+                    Ok(value)
+                }
+                Ok(None) => Err(FetchError::NotFound),
+                Err(error) => Err(error),
+            }
+        }
+    });
+    async move {
+        match task.await {
+            Ok(result) => result,
+            Err(join) if join.is_panic() => {
+                Err(FetchError::Panicked(panic_message(&*join.into_panic())))
+            }
+            // The runtime is shutting down.
+            Err(_) => Err(FetchError::NotStarted),
+        }
+    }
+    .boxed()
+    .shared()
+}
+
+/// Ends a flight: a later miss of the key finds the stored value or starts a new load.
+struct Landing<'a, W: CacheWorker> {
+    inner: &'a Inner<W>,
+    key: &'a Key<W>,
+}
+
+impl<W: CacheWorker> Drop for Landing<'_, W> {
+    fn drop(&mut self) {
+        self.inner.flights.remove(self.key);
+    }
+}

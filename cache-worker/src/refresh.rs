@@ -1,0 +1,491 @@
+//! The background refresher: full cycles on the worker's interval, per-entry reloads and
+//! expiry on one timer queue, retries with backoff, all under a supervisor that restarts it if
+//! it crashes. The refresher keeps no data of its own: its timers are rebuilt from the bucket
+//! on every (re)start, so a crash loses nothing.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::{FutureExt, stream};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use tokio_util::time::{DelayQueue, delay_queue};
+
+use crate::bucket::NEVER;
+use crate::clock::add_ms;
+use crate::events::{Event, RemovalCause};
+use crate::inner::{Inner, Key, Source, Value};
+use crate::load::{isolate, load_one};
+use crate::stats::bump;
+use crate::{CacheWorker, bucket::Change};
+
+/// What the handles ask of the refresher.
+pub(crate) enum Command<K> {
+    /// Reschedule this key's timers from its stored entry.
+    Schedule(K),
+    /// Run a full cycle now and report it.
+    RefreshNow(oneshot::Sender<RefreshReport>),
+}
+
+/// What one full refresh cycle did, from [`Worker::refresh_all`](crate::Worker::refresh_all).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RefreshReport {
+    /// The cycle used the worker's bulk load.
+    pub bulk: bool,
+    /// Loads that gave a value.
+    pub reloaded: usize,
+    /// New keys (bulk loads only).
+    pub inserted: usize,
+    /// Entries whose value changed.
+    pub updated: usize,
+    /// Entries reloaded with an equal value.
+    pub unchanged: usize,
+    /// Entries removed because upstream no longer has them.
+    pub removed: usize,
+    /// Loads that failed; their entries keep the old value and are retried with backoff.
+    pub failed: usize,
+    /// Entries in the bucket after the cycle.
+    pub entries: usize,
+    /// How long the cycle took.
+    pub duration: Duration,
+}
+
+/// Which entries a cycle reloads.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    All,
+    /// Entries older than their refresh interval: the revalidation after a warm start.
+    Stale,
+}
+
+struct Cycle<K> {
+    report: RefreshReport,
+    /// Keys whose reload failed, to retry with backoff.
+    failed: Vec<K>,
+    /// The bulk load failed: retry the whole cycle with backoff.
+    bulk_failed: bool,
+    /// Nothing was due: no cycle is counted or announced.
+    skipped: bool,
+}
+
+/// How one key's reload ended.
+enum Reloaded {
+    Changed,
+    Unchanged,
+    Gone,
+    Failed,
+    /// The key was removed while it reloaded; the result was dropped.
+    Vanished,
+}
+
+/// Starts the supervisor, which runs the refresher and restarts it with backoff if it panics.
+pub(crate) fn supervise<W: CacheWorker>(inner: Arc<Inner<W>>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut startup = true;
+        let mut restarts = 0;
+        loop {
+            let started = Instant::now();
+            let run = tokio::spawn(Refresher::new(inner.clone()).run(startup));
+            startup = false;
+            match run.await {
+                Err(e) if e.is_panic() => {
+                    bump(&inner.stats.refresher_restarts);
+                    if started.elapsed() > inner.settings.retry_max {
+                        restarts = 0;
+                    }
+                    restarts += 1;
+                    let delay = inner.settings.retry_delay(restarts);
+                    let message = crate::error::panic_message(&*e.into_panic());
+                    tracing::error!(
+                        bucket = inner.bucket_name(),
+                        panic = %message,
+                        ?delay,
+                        "refresher panicked; restarting it (the bucket is untouched)"
+                    );
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = inner.cancel.cancelled() => return,
+                    }
+                }
+                _ => return,
+            }
+        }
+    })
+}
+
+struct Refresher<W: CacheWorker> {
+    inner: Arc<Inner<W>>,
+    refresh: Timers<Key<W>>,
+    expiry: Timers<Key<W>>,
+    /// Failed reloads in a row, per key.
+    attempts: HashMap<Key<W>, u32>,
+    bulk_attempts: u32,
+}
+
+/// One timer per key in one queue.
+struct Timers<K> {
+    queue: DelayQueue<K>,
+    keys: HashMap<K, delay_queue::Key>,
+}
+
+impl<K: Clone + Eq + std::hash::Hash> Timers<K> {
+    fn new() -> Self {
+        Timers {
+            queue: DelayQueue::new(),
+            keys: HashMap::new(),
+        }
+    }
+
+    fn set(&mut self, key: &K, at: Instant) {
+        match self.keys.get(key) {
+            Some(k) => self.queue.reset_at(k, at),
+            None => {
+                let k = self.queue.insert_at(key.clone(), at);
+                self.keys.insert(key.clone(), k);
+            }
+        }
+    }
+
+    fn clear(&mut self, key: &K) {
+        if let Some(k) = self.keys.remove(key) {
+            self.queue.remove(&k);
+        }
+    }
+
+    /// The next key whose timer fired.
+    async fn next(&mut self) -> Option<K> {
+        let key = self.queue.next().await?.into_inner();
+        self.keys.remove(&key);
+        Some(key)
+    }
+}
+
+/// Waits for the optional future; pending forever if there is none.
+async fn maybe<F: Future + Unpin>(future: &mut Option<F>) -> F::Output {
+    match future {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
+}
+
+impl<W: CacheWorker> Refresher<W> {
+    fn new(inner: Arc<Inner<W>>) -> Self {
+        Refresher {
+            inner,
+            refresh: Timers::new(),
+            expiry: Timers::new(),
+            attempts: HashMap::new(),
+            bulk_attempts: 0,
+        }
+    }
+
+    async fn run(mut self, startup: bool) {
+        let inner = self.inner.clone();
+        let mut commands = inner.command_rx.lock().await;
+        for (key, _) in inner.bucket.snapshot() {
+            self.schedule(&key);
+        }
+        let period = inner.settings.refresh;
+        let mut next_cycle = period.map(|p| Instant::now() + p);
+        let mut cycle: Option<BoxFuture<'static, Cycle<Key<W>>>> = None;
+        let mut waiters: Vec<oneshot::Sender<RefreshReport>> = Vec::new();
+        let mut queued: Vec<oneshot::Sender<RefreshReport>> = Vec::new();
+        let mut reloads = FuturesUnordered::new();
+        if startup {
+            cycle = Some(run_cycle(inner.clone(), Scope::Stale).boxed());
+        }
+        loop {
+            let cycle_due = async {
+                match next_cycle {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = inner.cancel.cancelled() => return,
+                done = maybe(&mut cycle) => {
+                    cycle = None;
+                    next_cycle = self.finish_cycle(done, std::mem::take(&mut waiters));
+                    if !queued.is_empty() {
+                        waiters = std::mem::take(&mut queued);
+                        cycle = Some(run_cycle(inner.clone(), Scope::All).boxed());
+                    }
+                }
+                _ = cycle_due, if cycle.is_none() => {
+                    next_cycle = None;
+                    cycle = Some(run_cycle(inner.clone(), Scope::All).boxed());
+                }
+                Some(command) = commands.recv() => match command {
+                    Command::Schedule(key) => self.schedule(&key),
+                    Command::RefreshNow(reply) if cycle.is_some() => queued.push(reply),
+                    Command::RefreshNow(reply) => {
+                        waiters.push(reply);
+                        cycle = Some(run_cycle(inner.clone(), Scope::All).boxed());
+                    }
+                },
+                Some(key) = self.expiry.next() => self.expire(&key),
+                Some(key) = self.refresh.next() => {
+                    if inner.bucket.entry(&key).is_some() {
+                        let inner = inner.clone();
+                        reloads.push(async move {
+                            let outcome = reload(&inner, key.clone()).await;
+                            (key, outcome)
+                        });
+                    }
+                }
+                Some((key, outcome)) = reloads.next() => match outcome {
+                    Reloaded::Failed => self.retry(&key),
+                    _ => { self.attempts.remove(&key); }
+                },
+            }
+        }
+    }
+
+    /// Sets the key's timers from its stored entry (or clears them if it is gone).
+    fn schedule(&mut self, key: &Key<W>) {
+        let inner = &self.inner;
+        let Some(entry) = inner.bucket.entry(key) else {
+            self.refresh.clear(key);
+            self.expiry.clear(key);
+            return;
+        };
+        match inner.state.refresh_after(key, &entry.value) {
+            Some(after) => {
+                let at = inner.clock.instant_at(add_ms(entry.loaded_at, after));
+                self.refresh.set(key, at);
+            }
+            None if !self.attempts.contains_key(key) => self.refresh.clear(key),
+            None => {}
+        }
+        if entry.expires_at == NEVER {
+            self.expiry.clear(key);
+        } else {
+            self.expiry
+                .set(key, inner.clock.instant_at(entry.expires_at));
+        }
+    }
+
+    fn retry(&mut self, key: &Key<W>) {
+        let attempt = self.attempts.entry(key.clone()).or_insert(0);
+        *attempt += 1;
+        let delay = self.inner.settings.retry_delay(*attempt);
+        tracing::debug!(bucket = self.inner.bucket_name(), key = ?key, attempt = *attempt, ?delay, "reload retry scheduled");
+        self.refresh.set(key, Instant::now() + delay);
+    }
+
+    fn expire(&mut self, key: &Key<W>) {
+        let inner = &self.inner;
+        let now = inner.clock.now_ms();
+        if let Some(entry) = inner.bucket.remove_expired(key, now) {
+            self.attempts.remove(key);
+            self.refresh.clear(key);
+            inner.after_remove(key.clone(), entry.value, RemovalCause::Expired);
+        } else {
+            // Reloaded with a later deadline meanwhile, or the timer fired a hair early.
+            self.schedule(key);
+        }
+    }
+
+    /// Counts and announces a finished cycle, answers its waiters, schedules retries, and
+    /// returns when the next periodic cycle is due.
+    fn finish_cycle(
+        &mut self,
+        cycle: Cycle<Key<W>>,
+        waiters: Vec<oneshot::Sender<RefreshReport>>,
+    ) -> Option<Instant> {
+        let inner = self.inner.clone();
+        if !cycle.skipped {
+            bump(&inner.stats.refresh_cycles);
+            let r = &cycle.report;
+            tracing::info!(
+                bucket = inner.bucket_name(),
+                bulk = r.bulk,
+                reloaded = r.reloaded,
+                inserted = r.inserted,
+                updated = r.updated,
+                unchanged = r.unchanged,
+                removed = r.removed,
+                failed = r.failed,
+                entries = r.entries,
+                duration = ?r.duration,
+                "refresh cycle done"
+            );
+            if !cycle.bulk_failed {
+                inner.emit(|| Event::FullReload { count: r.entries });
+            }
+        }
+        for reply in waiters {
+            let _ = reply.send(cycle.report.clone());
+        }
+        for key in &cycle.failed {
+            self.retry(key);
+        }
+        let period = inner.settings.refresh;
+        if cycle.bulk_failed {
+            self.bulk_attempts += 1;
+            let retry = inner.settings.retry_delay(self.bulk_attempts);
+            let delay = period.map_or(retry, |p| p.min(retry));
+            Some(Instant::now() + delay)
+        } else {
+            self.bulk_attempts = 0;
+            period.map(|p| Instant::now() + p)
+        }
+    }
+}
+
+/// Reloads one key that is in the bucket: stale-if-error, `Ok(None)` removes it.
+async fn reload<W: CacheWorker>(inner: &Inner<W>, key: Key<W>) -> Reloaded {
+    let Ok(_permit) = inner.limiter.acquire().await else {
+        return Reloaded::Vanished;
+    };
+    match load_one(inner, &key).await {
+        Ok(Some(value)) => match inner.store_reloaded(key, Arc::new(value)) {
+            Some(true) => Reloaded::Changed,
+            Some(false) => Reloaded::Unchanged,
+            None => Reloaded::Vanished,
+        },
+        Ok(None) => match inner.remove(&key, RemovalCause::Gone) {
+            Some(_) => Reloaded::Gone,
+            None => Reloaded::Vanished,
+        },
+        Err(_) => {
+            bump(&inner.stats.refresh_failures);
+            Reloaded::Failed
+        }
+    }
+}
+
+/// One full cycle: the bulk load if the worker has one, else every key (or every stale key).
+async fn run_cycle<W: CacheWorker>(inner: Arc<Inner<W>>, scope: Scope) -> Cycle<Key<W>> {
+    let started = Instant::now();
+    let bulk = isolate(&inner, "load_all", None, async {
+        inner.state.load_all().await.transpose()
+    })
+    .await;
+    let mut cycle = match bulk {
+        Ok(None) => reload_keys(&inner, scope).await,
+        Ok(Some(entries)) => {
+            bump(&inner.stats.loads);
+            bump(&inner.stats.bulk_loads);
+            replace_all(&inner, entries)
+        }
+        Err(_) => {
+            bump(&inner.stats.loads);
+            bump(&inner.stats.refresh_failures);
+            Cycle {
+                report: RefreshReport {
+                    bulk: true,
+                    failed: 1,
+                    ..RefreshReport::default()
+                },
+                failed: Vec::new(),
+                bulk_failed: true,
+                skipped: false,
+            }
+        }
+    };
+    cycle.report.entries = inner.bucket.len();
+    cycle.report.duration = started.elapsed();
+    cycle
+}
+
+async fn reload_keys<W: CacheWorker>(inner: &Arc<Inner<W>>, scope: Scope) -> Cycle<Key<W>> {
+    let keys: Vec<Key<W>> = match scope {
+        Scope::All => inner.bucket.keys(),
+        Scope::Stale => {
+            let now = inner.clock.now_ms();
+            let period = inner.settings.refresh;
+            inner
+                .bucket
+                .snapshot()
+                .into_iter()
+                // Entries with their own interval are revalidated by their own timers.
+                .filter(|(k, e)| inner.state.refresh_after(k, &e.value).is_none())
+                .filter(|(_, e)| period.is_some_and(|p| now >= add_ms(e.loaded_at, p)))
+                .map(|(k, _)| k)
+                .collect()
+        }
+    };
+    let mut cycle = Cycle {
+        report: RefreshReport::default(),
+        failed: Vec::new(),
+        bulk_failed: false,
+        skipped: scope == Scope::Stale && keys.is_empty(),
+    };
+    if scope == Scope::Stale && !keys.is_empty() {
+        tracing::info!(
+            bucket = inner.bucket_name(),
+            stale = keys.len(),
+            "revalidating stale entries from the dump"
+        );
+    }
+    let mut results = stream::iter(keys)
+        .map(|key| async move {
+            let outcome = reload(inner, key.clone()).await;
+            (key, outcome)
+        })
+        .buffer_unordered(inner.settings.concurrency);
+    let r = &mut cycle.report;
+    while let Some((key, outcome)) = results.next().await {
+        match outcome {
+            Reloaded::Changed => {
+                r.reloaded += 1;
+                r.updated += 1;
+            }
+            Reloaded::Unchanged => {
+                r.reloaded += 1;
+                r.unchanged += 1;
+            }
+            Reloaded::Gone => r.removed += 1,
+            Reloaded::Failed => {
+                r.failed += 1;
+                cycle.failed.push(key);
+            }
+            Reloaded::Vanished => {}
+        }
+    }
+    cycle
+}
+
+/// Swaps in a whole collection and reports the difference as events.
+fn replace_all<W: CacheWorker>(
+    inner: &Inner<W>,
+    entries: Vec<(Key<W>, Value<W>)>,
+) -> Cycle<Key<W>> {
+    let mut report = RefreshReport {
+        bulk: true,
+        reloaded: entries.len(),
+        ..RefreshReport::default()
+    };
+    let entries = entries
+        .into_iter()
+        .map(|(key, value)| {
+            let entry = inner.entry_now(&key, Arc::new(value));
+            (key, entry)
+        })
+        .collect();
+    let diff = inner.bucket.replace_all(entries);
+    for (key, value, change) in diff.changes {
+        match change {
+            Change::Inserted => report.inserted += 1,
+            Change::Updated { .. } => report.updated += 1,
+            Change::Unchanged => report.unchanged += 1,
+        }
+        inner.after_change(key, value, change, Source::Refresh);
+    }
+    report.removed = diff.removed.len();
+    for (key, value) in diff.removed {
+        inner.after_remove(key, value, RemovalCause::Gone);
+    }
+    Cycle {
+        report,
+        failed: Vec::new(),
+        bulk_failed: false,
+        skipped: false,
+    }
+}
