@@ -2,7 +2,9 @@
 //! one place where the bucket changes: every write goes through here so that events, stats,
 //! dumps and schedules follow every change the same way.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::time::Duration;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use dashmap::DashMap;
@@ -96,7 +98,6 @@ impl<W: CacheWorker> Inner<W> {
     pub(crate) fn entry_now(&self, key: &Key<W>, value: Arc<Value<W>>) -> Entry<Value<W>> {
         let now = self.clock.now_ms();
         let expires_at = self
-            .state
             .expire_after(key, &value)
             .map_or(NEVER, |d| add_ms(now, d));
         Entry {
@@ -180,12 +181,35 @@ impl<W: CacheWorker> Inner<W> {
 
     /// Tells the refresher about an entry with its own refresh interval or expiry.
     fn schedule(&self, key: &Key<W>, value: &Value<W>) {
-        let timed = self.state.refresh_after(key, value).is_some()
-            || self.state.expire_after(key, value).is_some();
+        let timed =
+            self.refresh_after(key, value).is_some() || self.expire_after(key, value).is_some();
         if timed {
             // The refresher is gone only after shutdown, when schedules no longer matter.
             let _ = self.commands.send(Command::Schedule(key.clone()));
         }
+    }
+
+    /// The worker's `refresh_after` hook; a panic in it is logged and means "no own interval".
+    pub(crate) fn refresh_after(&self, key: &Key<W>, value: &Value<W>) -> Option<Duration> {
+        self.hook("refresh_after", key, || self.state.refresh_after(key, value))
+    }
+
+    /// The worker's `expire_after` hook; a panic in it is logged and means "never expires".
+    pub(crate) fn expire_after(&self, key: &Key<W>, value: &Value<W>) -> Option<Duration> {
+        self.hook("expire_after", key, || self.state.expire_after(key, value))
+    }
+
+    fn hook(
+        &self,
+        name: &'static str,
+        key: &Key<W>,
+        call: impl FnOnce() -> Option<Duration>,
+    ) -> Option<Duration> {
+        std::panic::catch_unwind(AssertUnwindSafe(call)).unwrap_or_else(|payload| {
+            let message = crate::error::panic_message(&*payload);
+            tracing::error!(bucket = self.bucket_name(), key = ?key, panic = %message, "{name} panicked; ignored");
+            None
+        })
     }
 
     /// Sends an event if anyone listens; building it costs nothing otherwise.

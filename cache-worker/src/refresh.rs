@@ -254,7 +254,7 @@ impl<W: CacheWorker> Refresher<W> {
             self.expiry.clear(key);
             return;
         };
-        match inner.state.refresh_after(key, &entry.value) {
+        match inner.refresh_after(key, &entry.value) {
             Some(after) => {
                 let at = inner.clock.instant_at(add_ms(entry.loaded_at, after));
                 self.refresh.set(key, at);
@@ -405,7 +405,7 @@ async fn reload_keys<W: CacheWorker>(inner: &Arc<Inner<W>>, scope: Scope) -> Cyc
                 .snapshot()
                 .into_iter()
                 // Entries with their own interval are revalidated by their own timers.
-                .filter(|(k, e)| inner.state.refresh_after(k, &e.value).is_none())
+                .filter(|(k, e)| inner.refresh_after(k, &e.value).is_none())
                 .filter(|(_, e)| period.is_some_and(|p| now >= add_ms(e.loaded_at, p)))
                 .map(|(k, _)| k)
                 .collect()
