@@ -88,3 +88,8 @@ pub mod __private {
     pub use std::time::Duration;
     pub use std::vec::Vec;
 }
+
+/// The README's examples, compiled as doctests so that they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;

@@ -64,7 +64,10 @@ async fn load_error_panic_and_not_found_store_nothing() {
 
     assert_eq!(w.len(), 0, "nothing stored");
     let stats = w.stats();
-    assert_eq!((stats.load_errors, stats.panics, stats.not_found), (1, 1, 2));
+    assert_eq!(
+        (stats.load_errors, stats.panics, stats.not_found),
+        (1, 1, 2)
+    );
 
     // The next fetch tries again, and succeeds once upstream does.
     up.set_value("err", 7);
@@ -107,7 +110,10 @@ async fn a_panicking_load_gives_every_waiter_the_error_once() {
         .collect();
     for r in readers {
         let err = r.await.expect("no reader panics").expect_err("error");
-        assert!(matches!(&err, FetchError::Panicked(m) if m.contains("kaboom")), "{err:?}");
+        assert!(
+            matches!(&err, FetchError::Panicked(m) if m.contains("kaboom")),
+            "{err:?}"
+        );
     }
     assert_eq!(up.loads_of("bad"), 1);
     assert_eq!(w.stats().panics, 1);
@@ -162,7 +168,10 @@ async fn the_load_timeout_gives_timeout_and_stores_nothing() {
         .await
         .expect("start");
     let err = w.fetch(&key("slow")).await.expect_err("timeout");
-    assert!(matches!(err, FetchError::Timeout(d) if d == Duration::from_secs(3)), "{err:?}");
+    assert!(
+        matches!(err, FetchError::Timeout(d) if d == Duration::from_secs(3)),
+        "{err:?}"
+    );
     assert_eq!(w.stats().timeouts, 1);
     assert_eq!(w.len(), 0);
     // The next fetch tries again.
@@ -196,7 +205,11 @@ async fn periodic_refresh_reloads_every_key_and_keeps_old_values_on_error() {
 
     assert_eq!(up.loads_of("a"), 2);
     assert_eq!(w.peek("a").as_deref(), Some(&10));
-    assert_eq!(w.peek("b").as_deref(), Some(&2), "stale-if-error keeps the old value");
+    assert_eq!(
+        w.peek("b").as_deref(),
+        Some(&2),
+        "stale-if-error keeps the old value"
+    );
     assert_eq!(w.peek("c"), None, "Ok(None) removes");
 
     let mut seen = Vec::new();
@@ -216,9 +229,20 @@ async fn periodic_refresh_reloads_every_key_and_keeps_old_values_on_error() {
         cause: RemovalCause::Gone,
         value: Arc::new(3)
     }));
-    assert!(matches!(seen.last(), Some(Event::FullReload { count: 2 })), "{seen:?}");
+    assert!(
+        matches!(seen.last(), Some(Event::FullReload { count: 2 })),
+        "{seen:?}"
+    );
     let stats = w.stats();
-    assert_eq!((stats.refresh_cycles, stats.updated, stats.removed, stats.refresh_failures), (1, 1, 1, 1));
+    assert_eq!(
+        (
+            stats.refresh_cycles,
+            stats.updated,
+            stats.removed,
+            stats.refresh_failures
+        ),
+        (1, 1, 1, 1)
+    );
 
     // The failed key is retried with backoff (5 s, then 10 s) before the next cycle.
     let before = up.loads_of("b");
@@ -316,7 +340,13 @@ async fn bulk_load_swaps_the_collection_and_reports_the_difference() {
     let report = w.refresh_all().await.expect("cycle");
     assert!(report.bulk);
     assert_eq!(
-        (report.inserted, report.updated, report.unchanged, report.removed, report.entries),
+        (
+            report.inserted,
+            report.updated,
+            report.unchanged,
+            report.removed,
+            report.entries
+        ),
         (1, 1, 1, 1, 3)
     );
     let mut seen = Vec::new();
@@ -324,7 +354,10 @@ async fn bulk_load_swaps_the_collection_and_reports_the_difference() {
         seen.push(e);
     }
     assert_eq!(seen.len(), 4, "{seen:?}");
-    assert!(seen.contains(&Event::Inserted { key: key("d"), value: Arc::new(4) }));
+    assert!(seen.contains(&Event::Inserted {
+        key: key("d"),
+        value: Arc::new(4)
+    }));
     assert!(seen.contains(&Event::Updated {
         key: key("b"),
         value: Arc::new(20),
@@ -363,9 +396,20 @@ async fn equal_writes_emit_nothing() {
     assert_eq!(
         seen,
         [
-            Event::Inserted { key: key("k"), value: Arc::new(1) },
-            Event::Updated { key: key("k"), value: Arc::new(2), previous: Arc::new(1) },
-            Event::Removed { key: key("k"), cause: RemovalCause::Invalidated, value: Arc::new(2) },
+            Event::Inserted {
+                key: key("k"),
+                value: Arc::new(1)
+            },
+            Event::Updated {
+                key: key("k"),
+                value: Arc::new(2),
+                previous: Arc::new(1)
+            },
+            Event::Removed {
+                key: key("k"),
+                cause: RemovalCause::Invalidated,
+                value: Arc::new(2)
+            },
         ]
     );
     assert_eq!(w.stats().unchanged, 2);
@@ -430,7 +474,10 @@ async fn after_shutdown_hits_are_served_and_misses_do_not_load() {
     w.shutdown().await;
     w.shutdown().await; // twice is fine
     assert_eq!(*w.fetch(&key("a")).await.expect("hit"), 1);
-    assert!(matches!(w.fetch(&key("b")).await, Err(FetchError::NotStarted)));
+    assert!(matches!(
+        w.fetch(&key("b")).await,
+        Err(FetchError::NotStarted)
+    ));
     assert!(w.refresh_all().await.is_err());
 }
 
@@ -443,4 +490,35 @@ async fn invalid_settings_are_start_errors() {
         .await
         .expect_err("invalid");
     assert!(err.to_string().contains("concurrency"), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_the_last_handle_stops_the_background_tasks() {
+    let up = Upstream::new();
+    up.set_value("a", 1);
+    let w = Worker::builder(up.clone())
+        .bucket("dropped")
+        .refresh(Duration::from_secs(1))
+        .start()
+        .await
+        .expect("start");
+    w.fetch(&key("a")).await.expect("a");
+    let second = w.clone();
+    drop(w);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        up.loads_of("a") >= 2,
+        "a live handle keeps the refresher running"
+    );
+    drop(second);
+    settle().await;
+    let loads = up.loads_of("a");
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(
+        up.loads_of("a"),
+        loads,
+        "no refresh after the last handle is gone"
+    );
+    // The worker's state (and the upstream it holds) is released.
+    assert_eq!(std::sync::Arc::strong_count(&up.loads), 1);
 }
