@@ -43,8 +43,7 @@ impl CacheWorker for WidgetStore {
 async fn main() -> Result<(), cache_worker::Error> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .init();
     let dump = std::env::temp_dir().join("cache-worker-quickstart.dump");

@@ -76,16 +76,17 @@ fn write_file<K: Serialize, V: Serialize>(
     let name = path
         .file_name()
         .ok_or_else(|| io::Error::other("the dump path has no file name"))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".tmp.{}", std::process::id()));
+    // Unique per write: two workers of one process may share a dump file.
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut tmp_name = temp_prefix(name);
+    tmp_name.push(format!(
+        "{}.{}",
+        std::process::id(),
+        WRITES.fetch_add(1, Ordering::Relaxed)
+    ));
     let tmp = dir.join(tmp_name);
     let result = (|| {
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
+        let file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
         codec::write(&file, bucket, schema, entries)?;
         file.sync_all()?;
         fs::rename(&tmp, path)?;
@@ -97,6 +98,41 @@ fn write_file<K: Serialize, V: Serialize>(
     result
 }
 
+/// `.<file name>.tmp.`: the start of every temp file of a dump.
+fn temp_prefix(name: &std::ffi::OsStr) -> std::ffi::OsString {
+    let mut prefix = std::ffi::OsString::from(".");
+    prefix.push(name);
+    prefix.push(".tmp.");
+    prefix
+}
+
+/// Removes temp files that a killed writer left beside the dump. Only old ones: a young one
+/// may belong to another process writing right now.
+fn remove_stale_temp_files(path: &Path) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let prefix = temp_prefix(name);
+    let prefix = prefix.as_encoded_bytes();
+    let Ok(listing) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in listing.flatten() {
+        let stale = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age.as_secs() > 60));
+        if stale && entry.file_name().as_encoded_bytes().starts_with(prefix) {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// Restores the bucket from its dump file. Returns how many entries were restored, or `None`
 /// for a cold start (no file, a foreign or damaged one). Never fails the start.
 pub(crate) async fn restore<W: CacheWorker>(inner: &Inner<W>) -> Option<usize> {
@@ -106,6 +142,7 @@ pub(crate) async fn restore<W: CacheWorker>(inner: &Inner<W>) -> Option<usize> {
     let started = Instant::now();
     let target = path.clone();
     let read = tokio::task::spawn_blocking(move || {
+        remove_stale_temp_files(&target);
         read_file::<Key<W>, Value<W>>(&target, &bucket, schema)
     })
     .await

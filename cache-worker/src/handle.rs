@@ -380,6 +380,15 @@ impl<W: CacheWorker> Builder<W> {
         }
         Layer::from_env(&settings.bucket, |name| std::env::var(name).ok())?.apply(&mut settings);
         self.explicit.apply(&mut settings);
+        if !settings.cache_enabled && settings.file.is_some() {
+            // Nothing is stored, so a dump would only be an empty one that makes the next
+            // start with the cache on count as warm and skip its seed.
+            tracing::info!(
+                bucket = settings.bucket,
+                "cache disabled: the dump file is not used"
+            );
+            settings.file = None;
+        }
         settings.validate()?;
         Ok(settings)
     }
@@ -394,7 +403,8 @@ impl<W: CacheWorker> Builder<W> {
             Some(count) => {
                 inner.stats.restored.store(count as u64, Ordering::Relaxed);
             }
-            None => seed(&inner).await?,
+            None if inner.settings.cache_enabled => seed(&inner).await?,
+            None => {}
         }
         inner.running.store(true, Ordering::Release);
         let supervisor = refresh::supervise(inner.clone());

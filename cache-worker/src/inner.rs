@@ -4,8 +4,8 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::Duration;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use dashmap::DashMap;
 use futures_util::future::{BoxFuture, Shared};
@@ -136,17 +136,17 @@ impl<W: CacheWorker> Inner<W> {
         match change {
             Change::Unchanged => {
                 bump(&self.stats.unchanged);
-                tracing::trace!(bucket, key = ?key, ?source, "unchanged");
+                tracing::debug!(bucket, key = ?key, ?source, "{bucket}.unchanged");
             }
             Change::Inserted => {
                 bump(&self.stats.inserted);
-                tracing::debug!(bucket, key = ?key, ?source, "inserted");
+                tracing::debug!(bucket, key = ?key, ?source, "{bucket}.inserted");
                 self.mark_dirty();
                 self.emit(|| Event::Inserted { key, value });
             }
             Change::Updated { previous } => {
                 bump(&self.stats.updated);
-                tracing::debug!(bucket, key = ?key, ?source, "updated");
+                tracing::debug!(bucket, key = ?key, ?source, "{bucket}.updated");
                 self.mark_dirty();
                 self.emit(|| Event::Updated {
                     key,
@@ -164,7 +164,8 @@ impl<W: CacheWorker> Inner<W> {
         } else {
             bump(&self.stats.removed);
         }
-        tracing::debug!(bucket = self.bucket_name(), key = ?key, ?cause, "removed");
+        let bucket = self.bucket_name();
+        tracing::debug!(bucket, key = ?key, ?cause, "{bucket}.removed");
         self.mark_dirty();
         self.emit(|| Event::Removed { key, cause, value });
     }
@@ -191,7 +192,9 @@ impl<W: CacheWorker> Inner<W> {
 
     /// The worker's `refresh_after` hook; a panic in it is logged and means "no own interval".
     pub(crate) fn refresh_after(&self, key: &Key<W>, value: &Value<W>) -> Option<Duration> {
-        self.hook("refresh_after", key, || self.state.refresh_after(key, value))
+        self.hook("refresh_after", key, || {
+            self.state.refresh_after(key, value)
+        })
     }
 
     /// The worker's `expire_after` hook; a panic in it is logged and means "never expires".

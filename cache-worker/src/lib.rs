@@ -61,6 +61,10 @@ mod slot;
 mod stats;
 mod worker;
 
+#[cfg(feature = "vista")]
+#[cfg_attr(docsrs, doc(cfg(feature = "vista")))]
+pub mod vista;
+
 pub use config::Settings;
 pub use error::{Error, FetchError};
 pub use events::{Event, EventStream, RemovalCause};

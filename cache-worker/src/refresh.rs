@@ -313,7 +313,8 @@ impl<W: CacheWorker> Refresher<W> {
                 failed = r.failed,
                 entries = r.entries,
                 duration = ?r.duration,
-                "refresh cycle done"
+                "{}.full_reload",
+                inner.bucket_name()
             );
             if !cycle.bulk_failed {
                 inner.emit(|| Event::FullReload { count: r.entries });

@@ -46,7 +46,10 @@ async fn a_panicking_refresher_is_restarted_and_the_bucket_survives() {
 
     EQ_PANICS.store(true, Ordering::SeqCst);
     let crashed = w.refresh_all().await;
-    assert!(crashed.is_err(), "the cycle died with the refresher: {crashed:?}");
+    assert!(
+        crashed.is_err(),
+        "the cycle died with the refresher: {crashed:?}"
+    );
     EQ_PANICS.store(false, Ordering::SeqCst);
 
     assert_eq!(w.len(), 5, "the bucket is untouched");
@@ -54,6 +57,9 @@ async fn a_panicking_refresher_is_restarted_and_the_bucket_survives() {
 
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(w.stats().refresher_restarts, 1);
-    let report = w.refresh_all().await.expect("the restarted refresher runs cycles");
+    let report = w
+        .refresh_all()
+        .await
+        .expect("the restarted refresher runs cycles");
     assert_eq!(report.unchanged, 5);
 }

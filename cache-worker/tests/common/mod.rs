@@ -24,15 +24,20 @@ pub enum Reply {
 #[error("upstream says: {0}")]
 pub struct UpstreamError(pub String);
 
+/// A whole collection, or why it cannot be had.
+pub type Collection = Option<Result<Vec<(String, u64)>, String>>;
+/// What `seed` answers.
+pub type Seed = Option<Result<Vec<(String, u64)>, SeedFailure>>;
+
 #[derive(Clone, Default)]
 pub struct Upstream {
     pub replies: Arc<Mutex<HashMap<String, Reply>>>,
     /// `Some`: the worker has a bulk load answering this collection (or `Err` with this text).
-    pub collection: Arc<Mutex<Option<Result<Vec<(String, u64)>, String>>>>,
+    pub collection: Arc<Mutex<Collection>>,
     pub loads: Arc<Mutex<HashMap<String, usize>>>,
     pub bulk_loads: Arc<AtomicUsize>,
     pub seeds: Arc<AtomicUsize>,
-    pub seed: Arc<Mutex<Option<Result<Vec<(String, u64)>, SeedFailure>>>>,
+    pub seed: Arc<Mutex<Seed>>,
     pub delay: Arc<Mutex<Duration>>,
     /// Per-entry refresh interval and expiry, for every key.
     pub refresh_after: Arc<Mutex<Option<Duration>>>,
@@ -59,10 +64,8 @@ impl Upstream {
     }
 
     pub fn set_collection(&self, items: &[(&str, u64)]) {
-        *self.collection.lock() = Some(Ok(items
-            .iter()
-            .map(|(k, v)| (k.to_string(), *v))
-            .collect()));
+        *self.collection.lock() =
+            Some(Ok(items.iter().map(|(k, v)| (k.to_string(), *v)).collect()));
     }
 
     pub fn fail_collection(&self, why: &str) {

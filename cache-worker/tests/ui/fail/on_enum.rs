@@ -1,0 +1,9 @@
+use cache_worker::cache_worker;
+
+#[cache_worker(bucket = "widgets")]
+pub enum WidgetStore {
+    Live,
+    Offline,
+}
+
+fn main() {}
