@@ -88,7 +88,7 @@ impl<W: CacheWorker> Worker<W> {
     pub fn builder(state: W) -> Builder<W> {
         Builder {
             state,
-            attributes: None,
+            preset: Layer::default(),
             explicit: Layer::default(),
         }
     }
@@ -223,6 +223,11 @@ impl<W: CacheWorker> Worker<W> {
         dump::write(&self.inner).await
     }
 
+    /// The worker's own state: the value it was started with.
+    pub fn state(&self) -> &W {
+        &self.inner.state
+    }
+
     /// Stops refreshing, waits for in-flight loads (up to the shutdown timeout), and writes the
     /// final dump. Reads from the bucket still work afterwards; misses no longer load.
     /// Calling it again does nothing.
@@ -278,7 +283,8 @@ impl<W: CacheWorker> Worker<W> {
 #[must_use = "a builder does nothing until `.start().await`"]
 pub struct Builder<W: CacheWorker> {
     state: W,
-    attributes: Option<&'static Attributes>,
+    /// The attribute's layer, or a ready-made worker's defaults.
+    preset: Layer,
     explicit: Layer,
 }
 
@@ -362,7 +368,14 @@ impl<W: CacheWorker> Builder<W> {
 
     #[doc(hidden)]
     pub fn attributes(mut self, attributes: &'static Attributes) -> Self {
-        self.attributes = Some(attributes);
+        self.preset = attributes.layer();
+        self
+    }
+
+    /// The preset layer, for the ready-made workers' defaults (overridable by the environment).
+    #[cfg_attr(not(feature = "vista"), allow(dead_code))]
+    pub(crate) fn preset(mut self, apply: impl FnOnce(&mut Layer)) -> Self {
+        apply(&mut self.preset);
         self
     }
 
@@ -372,12 +385,10 @@ impl<W: CacheWorker> Builder<W> {
             .explicit
             .bucket
             .clone()
-            .or_else(|| self.attributes.map(|a| a.bucket.to_owned()))
+            .or_else(|| self.preset.bucket.clone())
             .unwrap_or_else(default_bucket::<W>);
         let mut settings = Settings::defaults(bucket);
-        if let Some(attributes) = self.attributes {
-            attributes.layer().apply(&mut settings);
-        }
+        self.preset.apply(&mut settings);
         Layer::from_env(&settings.bucket, |name| std::env::var(name).ok())?.apply(&mut settings);
         self.explicit.apply(&mut settings);
         if !settings.cache_enabled && settings.file.is_some() {

@@ -463,12 +463,15 @@ fn replace_all<W: CacheWorker>(
         reloaded: entries.len(),
         ..RefreshReport::default()
     };
+    let now = inner.clock.now_ms();
+    // An entry already past its expiry is not stored: it would only be removed again at once.
     let entries = entries
         .into_iter()
         .map(|(key, value)| {
             let entry = inner.entry_now(&key, Arc::new(value));
             (key, entry)
         })
+        .filter(|(_, entry)| entry.expires_at > now)
         .collect();
     let diff = inner.bucket.replace_all(entries);
     for (key, value, change) in diff.changes {
