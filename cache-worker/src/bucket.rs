@@ -72,11 +72,7 @@ impl<K: Eq + Hash + Clone, V: PartialEq> Bucket<K, V> {
     }
 
     /// Replaces the contents without a diff (restoring a dump before anyone reads).
-    pub(crate) fn restore(&self, entries: Vec<(K, Entry<V>)>) {
-        let map = Map::with_capacity_and_hasher(entries.len(), Hasher::default());
-        for (k, e) in entries {
-            map.insert(k, e);
-        }
+    pub(crate) fn restore(&self, map: Map<K, V>) {
         let _gate = self.writers.write();
         self.map.store(Arc::new(map));
     }
@@ -104,6 +100,13 @@ impl<K: Eq + Hash + Clone, V: PartialEq> Bucket<K, V> {
 
     pub(crate) fn keys(&self) -> Vec<K> {
         self.map.load().iter().map(|e| e.key().clone()).collect()
+    }
+
+    /// Visits every entry in place, shard by shard.
+    pub(crate) fn for_each(&self, mut visit: impl FnMut(&K, &Entry<V>)) {
+        for e in self.map.load().iter() {
+            visit(e.key(), e.value());
+        }
     }
 
     /// Every entry, copied out shard by shard (values are shared, not cloned).

@@ -153,13 +153,17 @@ pub(crate) fn write<K: Serialize, V: Serialize, W: Write + Seek>(
         body_len: 0,
         checksum: 0,
     };
-    let mut out = io::BufWriter::with_capacity(1 << 16, out);
+    let mut out = out;
     out.write_all(&header.encode())?;
-    let mut body = Summing {
-        inner: out,
-        hasher: crc32fast::Hasher::new(),
-        written: 0,
-    };
+    // Buffer before checksumming, so the CRC runs over large blocks, not per field.
+    let mut body = io::BufWriter::with_capacity(
+        1 << 16,
+        Summing {
+            inner: &mut out,
+            hasher: crc32fast::Hasher::new(),
+            written: 0,
+        },
+    );
     for (key, entry) in entries {
         let record = RecordRef {
             key,
@@ -170,20 +174,41 @@ pub(crate) fn write<K: Serialize, V: Serialize, W: Write + Seek>(
         bincode::serde::encode_into_std_write(&record, &mut body, config())
             .map_err(io::Error::other)?;
     }
-    header.body_len = body.written;
-    header.checksum = body.hasher.finalize();
-    let mut out = body.inner;
+    let summed = body.into_inner().map_err(|e| e.into_error())?;
+    header.body_len = summed.written;
+    header.checksum = summed.hasher.finalize();
     out.seek(SeekFrom::Start(0))?;
     out.write_all(&header.encode())?;
     out.flush()
 }
 
 /// Decodes a whole dump of `bucket` / `schema`. Nothing is returned unless every record decoded.
+#[cfg(test)]
 pub(crate) fn read<K: DeserializeOwned, V: DeserializeOwned>(
     bytes: &[u8],
     bucket: &str,
     schema: u32,
 ) -> Result<Vec<(K, Entry<V>)>, DecodeError> {
+    read_into(
+        bytes,
+        bucket,
+        schema,
+        Vec::with_capacity,
+        |entries, k, e| entries.push((k, e)),
+    )
+}
+
+/// Decodes a dump of `bucket` / `schema` into the collection that `make` creates for the number
+/// of records to expect (never more than the body's length in bytes), one `push` a record. The body's length and checksum are
+/// verified before the first record is decoded; a record that fails to decode fails the whole
+/// read, and the caller must then drop what it collected.
+pub(crate) fn read_into<K: DeserializeOwned, V: DeserializeOwned, C>(
+    bytes: &[u8],
+    bucket: &str,
+    schema: u32,
+    make: impl FnOnce(usize) -> C,
+    mut push: impl FnMut(&mut C, K, Entry<V>),
+) -> Result<C, DecodeError> {
     let (header, start) = Header::decode(bytes)?;
     let body = &bytes[start..];
     if body.len() as u64 != header.body_len {
@@ -203,7 +228,7 @@ pub(crate) fn read<K: DeserializeOwned, V: DeserializeOwned>(
         });
     }
     // Every record takes at least one byte, so a lying count cannot reserve more than the body.
-    let mut entries = Vec::with_capacity(header.count.min(body.len() as u64) as usize);
+    let mut out = make(header.count.min(body.len() as u64) as usize);
     let mut at = 0;
     for i in 0..header.count {
         let (record, used): (Record<K, V>, usize) =
@@ -214,14 +239,15 @@ pub(crate) fn read<K: DeserializeOwned, V: DeserializeOwned>(
                 ))
             })?;
         at += used;
-        entries.push((
+        push(
+            &mut out,
             record.key,
             Entry {
                 value: Arc::new(record.value),
                 loaded_at: record.loaded_at,
                 expires_at: record.expires_at,
             },
-        ));
+        );
     }
     if at != body.len() {
         return Err(DecodeError::Corrupt(format!(
@@ -230,7 +256,7 @@ pub(crate) fn read<K: DeserializeOwned, V: DeserializeOwned>(
             header.count
         )));
     }
-    Ok(entries)
+    Ok(out)
 }
 
 #[cfg(test)]

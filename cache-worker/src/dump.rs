@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::CacheWorker;
 use crate::Error;
-use crate::bucket::Entry;
+use crate::bucket::{Entry, Hasher, Map};
 use crate::codec::{self, DecodeError};
 use crate::inner::{Inner, Key, Value};
 use crate::stats::bump;
@@ -141,9 +141,10 @@ pub(crate) async fn restore<W: CacheWorker>(inner: &Inner<W>) -> Option<usize> {
     let schema = inner.settings.schema;
     let started = Instant::now();
     let target = path.clone();
+    let now = inner.clock.now_ms();
     let read = tokio::task::spawn_blocking(move || {
         remove_stale_temp_files(&target);
-        read_file::<Key<W>, Value<W>>(&target, &bucket, schema)
+        read_file::<Key<W>, Value<W>>(&target, &bucket, schema, now)
     })
     .await
     .unwrap_or_else(|join| {
@@ -155,13 +156,10 @@ pub(crate) async fn restore<W: CacheWorker>(inner: &Inner<W>) -> Option<usize> {
     let schema = inner.settings.schema;
     let shown = path.display();
     match read {
-        Ok(mut entries) => {
-            let now = inner.clock.now_ms();
-            let total = entries.len();
-            entries.retain(|(_, e)| e.expires_at > now);
-            let count = entries.len();
-            inner.bucket.restore(entries);
-            tracing::info!(bucket, path = %shown, entries = count, expired = total - count, elapsed = ?started.elapsed(), "warm start from dump");
+        Ok((map, expired)) => {
+            let count = map.len();
+            inner.bucket.restore(map);
+            tracing::info!(bucket, path = %shown, entries = count, expired, elapsed = ?started.elapsed(), "warm start from dump");
             Some(count)
         }
         Err(ReadError::Io(e)) if e.kind() == io::ErrorKind::NotFound => {
@@ -204,13 +202,35 @@ enum ReadError {
     Decode(DecodeError),
 }
 
-fn read_file<K: serde::de::DeserializeOwned, V: serde::de::DeserializeOwned>(
+/// Decodes the dump straight into a presized map, leaving out entries that expired by `now`;
+/// returns the map and how many expired entries were left out.
+fn read_file<K, V>(
     path: &Path,
     bucket: &str,
     schema: u32,
-) -> Result<Vec<(K, Entry<V>)>, ReadError> {
+    now: u64,
+) -> Result<(Map<K, V>, usize), ReadError>
+where
+    K: serde::de::DeserializeOwned + Eq + std::hash::Hash,
+    V: serde::de::DeserializeOwned,
+{
     let bytes = fs::read(path).map_err(ReadError::Io)?;
-    codec::read(&bytes, bucket, schema).map_err(ReadError::Decode)
+    let mut expired = 0;
+    let map = codec::read_into(
+        &bytes,
+        bucket,
+        schema,
+        |count| Map::with_capacity_and_hasher(count, Hasher::default()),
+        |map, key, entry| {
+            if entry.expires_at > now {
+                map.insert(key, entry);
+            } else {
+                expired += 1;
+            }
+        },
+    )
+    .map_err(ReadError::Decode)?;
+    Ok((map, expired))
 }
 
 /// Where a damaged dump is moved: `<file>.corrupt`.

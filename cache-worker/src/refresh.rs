@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::time::{DelayQueue, delay_queue};
 
-use crate::bucket::NEVER;
+use crate::bucket::{Entry, NEVER};
 use crate::clock::add_ms;
 use crate::events::{Event, RemovalCause};
 use crate::inner::{Inner, Key, Source, Value};
@@ -187,9 +187,10 @@ impl<W: CacheWorker> Refresher<W> {
     async fn run(mut self, startup: bool) {
         let inner = self.inner.clone();
         let mut commands = inner.command_rx.lock().await;
-        for (key, _) in inner.bucket.snapshot() {
-            self.schedule(&key);
-        }
+        // Timers are derived from the bucket, so a restarted refresher loses nothing.
+        inner
+            .bucket
+            .for_each(|key, entry| self.schedule_entry(key, Some(entry)));
         let period = inner.settings.refresh;
         let mut next_cycle = period.map(|p| Instant::now() + p);
         let mut cycle: Option<BoxFuture<'static, Cycle<Key<W>>>> = None;
@@ -248,8 +249,13 @@ impl<W: CacheWorker> Refresher<W> {
 
     /// Sets the key's timers from its stored entry (or clears them if it is gone).
     fn schedule(&mut self, key: &Key<W>) {
+        let entry = self.inner.bucket.entry(key);
+        self.schedule_entry(key, entry.as_ref());
+    }
+
+    fn schedule_entry(&mut self, key: &Key<W>, entry: Option<&Entry<Value<W>>>) {
         let inner = &self.inner;
-        let Some(entry) = inner.bucket.entry(key) else {
+        let Some(entry) = entry else {
             self.refresh.clear(key);
             self.expiry.clear(key);
             return;

@@ -20,18 +20,18 @@ mod client;
 mod error;
 mod model;
 mod poll;
-mod workers;
 #[cfg(feature = "vista-testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "vista-testing")))]
 pub mod testing;
+mod workers;
 
 pub use client::VistaClient;
-pub use workers::{
-    CinemaFeed, Cinemas, Feed, FilmFeed, Films, SESSION_EXPIRY, SessionFeed, Sessions, VistaWorker,
-};
 pub use error::VistaError;
 pub use model::{
     Cinema, Film, Parsed, Session, film_rating, film_title, parse_cinemas, parse_films,
     parse_session_id, parse_sessions, session_version,
 };
 pub use poll::poll_interval;
+pub use workers::{
+    CinemaFeed, Cinemas, Feed, FilmFeed, Films, SESSION_EXPIRY, SessionFeed, Sessions, VistaWorker,
+};

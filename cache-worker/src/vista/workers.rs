@@ -33,12 +33,7 @@ pub trait Feed: Send + Sync + 'static {
         + Sync
         + 'static;
     /// The entry.
-    type Value: PartialEq
-        + serde::Serialize
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static;
+    type Value: PartialEq + serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static;
     /// The bucket's name, which also names its dump file and environment variables.
     const BUCKET: &'static str;
     /// How often the whole collection is reloaded by default.
@@ -157,7 +152,8 @@ impl<F: Feed> VistaWorker<F> {
 
     fn count_skipped<T>(&self, parsed: &Parsed<T>) {
         if parsed.skipped > 0 {
-            self.skipped.fetch_add(parsed.skipped as u64, Ordering::Relaxed);
+            self.skipped
+                .fetch_add(parsed.skipped as u64, Ordering::Relaxed);
             tracing::warn!(
                 bucket = F::BUCKET,
                 skipped = parsed.skipped,
