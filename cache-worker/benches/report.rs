@@ -267,6 +267,37 @@ fn scaling(rows: &mut Vec<Row>, rt: &tokio::runtime::Runtime, n: usize) {
     };
     let one = (0..3).map(|_| run(1)).fold(0.0, f64::max);
     let two = (0..3).map(|_| run(2)).fold(0.0, f64::max);
+    // The same measurement on a raw DashMap tells whether this machine scales at all now.
+    let raw: DashMap<String, Arc<Session>> = DashMap::new();
+    for (i, k) in keys.iter().enumerate() {
+        raw.insert(k.clone(), Arc::new(session(i)));
+    }
+    let run_raw = |threads: usize| -> f64 {
+        let started = Instant::now();
+        std::thread::scope(|s| {
+            for t in 0..threads {
+                let raw = &raw;
+                let keys = &keys;
+                s.spawn(move || {
+                    let order = xorshift_indexes(keys.len(), per_thread + t);
+                    for &i in &order[t..] {
+                        black_box(raw.get(keys[i].as_str()).map(|e| e.value().clone()));
+                    }
+                });
+            }
+        });
+        (threads * per_thread) as f64 / started.elapsed().as_secs_f64()
+    };
+    let raw_one = (0..3).map(|_| run_raw(1)).fold(0.0, f64::max);
+    let raw_two = (0..3).map(|_| run_raw(2)).fold(0.0, f64::max);
+    rows.push(Row {
+        target: "raw DashMap throughput, 2 threads vs 1 (the machine's own scaling, info)",
+        ours: format!("{:.1} M/s", raw_two / 1e6),
+        peer: format!("{:.1} M/s", raw_one / 1e6),
+        ratio: raw_two / raw_one,
+        goal: "(reference)",
+        met: true,
+    });
     rows.push(Row {
         target: "peek throughput, 2 threads vs 1 (set > CPU cache)",
         ours: format!("{:.1} M/s", two / 1e6),
@@ -525,16 +556,44 @@ fn refresh_cycle(rows: &mut Vec<Row>, rt: &tokio::runtime::Runtime, n: usize) {
     let report = rt.block_on(w.refresh_all()).unwrap();
     let ideal = Duration::from_secs_f64(n as f64 / concurrency as f64 / 1000.0);
     let ratio = report.duration.as_secs_f64() / ideal.as_secs_f64();
+    // The floor on this runtime: the same loads, just driven with `buffer_unordered(c)`.
+    let floor = rt.block_on(async {
+        use futures_util::StreamExt;
+        let loader = bench_worker(Duration::from_millis(1));
+        let t = Instant::now();
+        futures_util::stream::iter(0..n)
+            .map(|i| {
+                let loader = &loader;
+                async move { loader.load(&key(i)).await }
+            })
+            .buffer_unordered(concurrency)
+            .for_each(|_| async {})
+            .await;
+        t.elapsed()
+    });
     rows.push(Row {
         target: "refresh cycle, 1 ms loader, vs keys / concurrency × 1 ms",
         ours: format!(
             "{:.0} ms ({n} keys, c={concurrency})",
             report.duration.as_secs_f64() * 1e3
         ),
-        peer: format!("{:.0} ms", ideal.as_secs_f64() * 1e3),
+        peer: format!(
+            "{:.0} ms ideal; {:.0} ms bare buffer_unordered",
+            ideal.as_secs_f64() * 1e3,
+            floor.as_secs_f64() * 1e3
+        ),
         ratio,
         goal: "≤ 1.2×",
         met: ratio <= 1.2,
+    });
+    let vs_floor = report.duration.as_secs_f64() / floor.as_secs_f64();
+    rows.push(Row {
+        target: "refresh cycle vs the same loads on bare buffer_unordered (info)",
+        ours: format!("{:.0} ms", report.duration.as_secs_f64() * 1e3),
+        peer: format!("{:.0} ms", floor.as_secs_f64() * 1e3),
+        ratio: vs_floor,
+        goal: "(overhead of the worker)",
+        met: true,
     });
     rt.block_on(w.shutdown());
 }
@@ -552,6 +611,9 @@ fn main() {
     let small = ((100_000.0 * scale) as usize).max(1000);
     let rt = rt();
     let mut rows = Vec::new();
+    // Memory first, before other phases leave freed pages in the allocator.
+    eprintln!("memory…");
+    memory(&mut rows, &rt, big);
     eprintln!("reads…");
     reads(&mut rows, &rt, small);
     eprintln!("scaling…");
@@ -560,8 +622,6 @@ fn main() {
     coalescing(&mut rows, &rt);
     eprintln!("refresh cycle…");
     refresh_cycle(&mut rows, &rt, small);
-    eprintln!("memory…");
-    memory(&mut rows, &rt, big);
     eprintln!("dumps and warm start…");
     dumps(&mut rows, &rt, big);
 
@@ -604,7 +664,25 @@ fn main() {
         .unwrap();
     }
     print!("{md}");
-    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../BENCHMARKS.generated.md");
+    md.push_str(NOTES);
+    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../BENCHMARKS.md");
     std::fs::write(&out, &md).unwrap();
     eprintln!("written to {}", out.display());
 }
+
+const NOTES: &str = "
+## Notes
+
+- Peers: `DashMap<String, Arc<V>>` with its default hasher (the floor of the read path), moka
+  0.12 `sync::Cache::get`, quick_cache 0.7 `sync::Cache::get`, all holding the same entries and
+  read with the same random key sequence. `cargo bench -p cache-worker --bench read` measures
+  the read path with criterion for detail.
+- Thread scaling is only meaningful on an otherwise idle machine: compare with the raw
+  DashMap row, measured the same way in the same run. Where the raw map does not scale either,
+  the machine (two vCPUs, shared) is the limit, not the worker.
+- The refresh cycle's 1 ms loader sleeps on tokio's timer, whose resolution is 1 ms: a 1 ms
+  sleep takes 1-2 ms, so the ideal `keys / c x 1 ms` is below what any tokio program reaches;
+  the bare `buffer_unordered` row is the floor on this runtime.
+- Memory is the growth of the process's resident set while the entries are inserted,
+  measured first in the run.
+";
