@@ -146,7 +146,14 @@ impl<F: Feed> VistaWorker<F> {
     }
 
     /// Starts the worker with its defaults; the first reload of the collection runs at once.
+    /// The dump directory is created if it does not exist.
     pub async fn start(self) -> Result<Worker<Self>, Error> {
+        if let Some(dir) = &self.dump_dir
+            && let Err(error) = std::fs::create_dir_all(dir)
+        {
+            // Not fatal: the worker runs from memory; each failing dump is logged and counted.
+            tracing::warn!(bucket = F::BUCKET, dir = %dir.display(), %error, "cannot create the dump directory");
+        }
         self.builder().start().await
     }
 
