@@ -469,15 +469,16 @@ fn replace_all<W: CacheWorker>(
         reloaded: entries.len(),
         ..RefreshReport::default()
     };
-    let now = inner.clock.now_ms();
-    // An entry already past its expiry is not stored: it would only be removed again at once.
+    // An entry already past its expiry (`expire_after` gave zero) is not stored: it would only
+    // be removed again at once, or, after it expired, come back with every reload. Compared
+    // with the entry's own load time, not a `now` read before it, which may be a tick older.
     let entries = entries
         .into_iter()
         .map(|(key, value)| {
             let entry = inner.entry_now(&key, Arc::new(value));
             (key, entry)
         })
-        .filter(|(_, entry)| entry.expires_at > now)
+        .filter(|(_, entry)| entry.expires_at > entry.loaded_at)
         .collect();
     let diff = inner.bucket.replace_all(entries);
     for (key, value, change) in diff.changes {

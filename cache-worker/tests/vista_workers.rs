@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use cache_worker::vista::testing::FakeVista;
-use cache_worker::vista::{Cinemas, Films, Session, Sessions, VistaClient};
+use cache_worker::vista::{Cinemas, Films, SESSION_EXPIRY, Session, Sessions, VistaClient};
 use cache_worker::{Event, FetchError, RemovalCause};
 use futures_util::StreamExt;
 
@@ -234,6 +234,55 @@ async fn removed_upstream_is_gone() -> TestResult {
     .expect("a Removed event for the session");
     assert_eq!(cause, RemovalCause::Gone);
     assert!(sessions.peek(id).is_none());
+    assert_eq!(sessions.len(), count - 1);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_expires_twenty_minutes_after_its_showtime() -> TestResult {
+    let fake = FakeVista::start().await;
+    let dir = tempfile::tempdir()?;
+    let sessions = Sessions::new(client(&fake))
+        .dump_dir(dir.path())
+        .start()
+        .await?;
+    sessions.refresh_all().await?;
+    let count = sessions.len();
+    let id = &latest_session(&sessions);
+
+    // Reschedule it so that it started 20 minutes minus 2 seconds ago: it expires in 2 s.
+    let started = fake
+        .time_zone()
+        .to_datetime(jiff::Timestamp::now())
+        .checked_sub(SESSION_EXPIRY)?
+        .checked_add(Duration::from_secs(2))?
+        .round(jiff::Unit::Second)?;
+    assert!(fake.set_showtime(id, started));
+    let mut events = sessions.subscribe();
+    let report = sessions.refresh_all().await?;
+    assert_eq!(report.updated, 1, "{report:?}");
+    assert_eq!(sessions.peek(id).expect("still there").showtime, started);
+
+    let cause = next_event(&mut events, Duration::from_secs(30), |event| match event {
+        Event::Removed { key, cause, .. } if key == id => Some(*cause),
+        _ => None,
+    })
+    .await
+    .expect("a Removed event for the session");
+    assert_eq!(cause, RemovalCause::Expired);
+    assert!(sessions.peek(id).is_none());
+    assert_eq!(sessions.len(), count - 1);
+    assert!(sessions.stats().expired >= 1);
+
+    // Vista still lists it, but a reload does not bring an expired session back.
+    assert!(fake.session_ids().contains(id));
+    let report = sessions.refresh_all().await?;
+    assert_eq!(report.failed, 0, "{report:?}");
+    assert!(
+        sessions.peek(id).is_none(),
+        "{report:?} {:?}",
+        sessions.peek(id)
+    );
     assert_eq!(sessions.len(), count - 1);
     Ok(())
 }

@@ -312,6 +312,30 @@ async fn per_entry_expiry_and_refresh_follow_the_clock() {
     assert_eq!(w.stats().refresh_cycles, 0, "no full cycle ran");
 }
 
+/// Regression: a bulk reload compared each entry's expiry with a `now` read before the entries
+/// were made, so on a real clock an entry whose `expire_after` was zero (a show that ended)
+/// slipped in whenever the millisecond ticked, and an expired entry came back with every reload.
+#[tokio::test]
+async fn a_bulk_reload_never_stores_an_entry_that_has_already_expired() {
+    let up = Upstream::new();
+    let collection: Vec<(String, u64)> = (0..20_000).map(|i| (format!("k{i}"), i)).collect();
+    *up.collection.lock() = Some(Ok(collection));
+    *up.expire_after.lock() = Some(Duration::ZERO);
+    let w = start(&up).await;
+    let mut events = w.subscribe();
+    let report = w.refresh_all().await.expect("cycle");
+    assert!(report.bulk, "{report:?}");
+    assert_eq!((report.inserted, report.entries), (0, 0), "{report:?}");
+    assert!(w.is_empty());
+    assert_eq!(w.stats().inserted, 0);
+    while let Ok(Some(event)) = tokio::time::timeout(Duration::ZERO, events.next()).await {
+        assert!(
+            matches!(event, Event::FullReload { .. }),
+            "no entry event for an expired entry: {event:?}"
+        );
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn bulk_load_swaps_the_collection_and_reports_the_difference() {
     let up = Upstream::new();

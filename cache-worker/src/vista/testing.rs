@@ -42,7 +42,8 @@ use serde_json::Value;
 use tokio::task::JoinHandle;
 
 use feed::{
-    CINEMAS_JSON, FILMS_JSON, SESSIONS_JSON, find, load, row_id, set_seats, shift_sessions,
+    CINEMAS_JSON, FILMS_JSON, SESSIONS_JSON, find, load, row_id, set_seats, set_showtime_of,
+    shift_sessions,
 };
 use server::{Failure, FakeState, Knobs, lock, router};
 
@@ -312,6 +313,21 @@ impl FakeVista {
     /// Sets the free seats of a session; `false` if it does not serve that session.
     pub fn set_seats(&self, id: &str, seats: u32) -> bool {
         set_seats(&mut lock(&self.inner.state.sessions).rows, id, seats)
+    }
+
+    /// Moves a session to another (naive, local) showtime, as when a show is rescheduled, and
+    /// gives it the business date that follows (6 AM cut-off); `false` if it does not serve
+    /// that session or the showtime is out of range.
+    ///
+    /// A showtime in the past is how a test makes a session expire: the sessions worker drops a
+    /// session 20 minutes after its showtime.
+    pub fn set_showtime(&self, id: &str, showtime: civil::DateTime) -> bool {
+        let mut sessions = lock(&self.inner.state.sessions);
+        sessions
+            .rows
+            .iter_mut()
+            .find(|row| row_id(row) == Some(id))
+            .is_some_and(|row| set_showtime_of(row, showtime).is_ok())
     }
 
     /// Stops serving a session (as when it is cancelled); `false` if it did not serve it.

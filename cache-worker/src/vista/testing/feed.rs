@@ -104,17 +104,24 @@ pub(super) fn shift_sessions(
     let shift = target.duration_since(earliest);
     for row in &mut sessions.rows {
         let moved = showtime(row)?.checked_add(shift).map_err(out_of_range)?;
-        let business_date = moved
-            .checked_sub(BUSINESS_DAY_STARTS)
-            .map_err(out_of_range)?
-            .date();
-        row.insert("Showtime".to_owned(), Value::from(moved.to_string()));
-        row.insert(
-            "SessionBusinessDate".to_owned(),
-            Value::from(format!("{business_date}T00:00:00")),
-        );
+        set_showtime_of(row, moved).map_err(out_of_range)?;
     }
     Ok((sessions, shift))
+}
+
+/// Sets a session row's showtime and the business date that follows from it (a show before
+/// 6 AM belongs to the previous day).
+pub(super) fn set_showtime_of(
+    row: &mut Map<String, Value>,
+    showtime: civil::DateTime,
+) -> Result<(), jiff::Error> {
+    let business_date = showtime.checked_sub(BUSINESS_DAY_STARTS)?.date();
+    row.insert("Showtime".to_owned(), Value::from(showtime.to_string()));
+    row.insert(
+        "SessionBusinessDate".to_owned(),
+        Value::from(format!("{business_date}T00:00:00")),
+    );
+    Ok(())
 }
 
 /// A row in the shape of `route`'s rows that the client cannot read.
