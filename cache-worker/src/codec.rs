@@ -35,10 +35,15 @@ fn config() -> impl bincode::config::Config {
 }
 
 /// Why a dump could not be used.
-#[derive(Debug)]
-pub(crate) enum DecodeError {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecodeError {
     /// A valid dump of another bucket or schema: refused, left where it is.
-    Foreign { bucket: String, schema: u32 },
+    Foreign {
+        /// The bucket the dump was written for.
+        bucket: String,
+        /// The schema version it was written with.
+        schema: u32,
+    },
     /// Not a dump, or a damaged one.
     Corrupt(String),
 }
@@ -183,7 +188,6 @@ pub(crate) fn write<K: Serialize, V: Serialize, W: Write + Seek>(
 }
 
 /// Decodes a whole dump of `bucket` / `schema`. Nothing is returned unless every record decoded.
-#[cfg(test)]
 pub(crate) fn read<K: DeserializeOwned, V: DeserializeOwned>(
     bytes: &[u8],
     bucket: &str,
@@ -339,5 +343,67 @@ mod tests {
             read::<String, Vec<u64>>(&bytes, "b", 3),
             Err(DecodeError::Corrupt(_))
         ));
+    }
+}
+
+/// The codec on its own, for the fuzz target and the hostile-dump tests (`__codec` at the crate
+/// root). Not a public API.
+pub mod exposed {
+    use serde::Serialize;
+    use serde::de::DeserializeOwned;
+
+    pub use super::DecodeError;
+    use crate::bucket::Entry;
+
+    /// One record as stored: key, value, `loaded_at` and `expires_at` (ms since the epoch).
+    pub type Record<K, V> = (K, V, u64, u64);
+
+    /// Encodes a dump of `records` as a worker writes it.
+    ///
+    /// # Errors
+    ///
+    /// A bucket name over 65535 bytes, or a value serde cannot encode.
+    pub fn encode<K: Serialize, V: Serialize>(
+        bucket: &str,
+        schema: u32,
+        records: &[Record<K, V>],
+    ) -> std::io::Result<Vec<u8>> {
+        let entries: Vec<(&K, Entry<&V>)> = records
+            .iter()
+            .map(|(k, v, loaded_at, expires_at)| {
+                (
+                    k,
+                    Entry {
+                        value: std::sync::Arc::new(v),
+                        loaded_at: *loaded_at,
+                        expires_at: *expires_at,
+                    },
+                )
+            })
+            .collect();
+        let mut out = std::io::Cursor::new(Vec::new());
+        super::write(&mut out, bucket, schema, &entries)?;
+        Ok(out.into_inner())
+    }
+
+    /// Decodes a dump as a worker's warm start does: all records, or why not.
+    ///
+    /// # Errors
+    ///
+    /// [`DecodeError::Foreign`] for a valid dump of another bucket or schema,
+    /// [`DecodeError::Corrupt`] for anything else that is not a complete, intact dump.
+    pub fn decode<K: DeserializeOwned, V: DeserializeOwned>(
+        bytes: &[u8],
+        bucket: &str,
+        schema: u32,
+    ) -> Result<Vec<Record<K, V>>, DecodeError> {
+        Ok(super::read::<K, V>(bytes, bucket, schema)?
+            .into_iter()
+            .map(|(k, e)| {
+                let value = std::sync::Arc::try_unwrap(e.value)
+                    .unwrap_or_else(|_| unreachable!("decoded values are not shared"));
+                (k, value, e.loaded_at, e.expires_at)
+            })
+            .collect())
     }
 }

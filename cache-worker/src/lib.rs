@@ -93,6 +93,11 @@ pub mod __private {
     pub use std::vec::Vec;
 }
 
+/// The dump codec on its own, for the fuzz target and the hostile-dump tests. Not a public API:
+/// it may change in any release.
+#[doc(hidden)]
+pub use codec::exposed as __codec;
+
 /// The README's examples, compiled as doctests so that they cannot rot.
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]
