@@ -102,19 +102,17 @@ impl<K: Eq + Hash + Clone, V: PartialEq> Bucket<K, V> {
         self.map.load().iter().map(|e| e.key().clone()).collect()
     }
 
-    /// Visits every entry in place, shard by shard.
+    /// Visits every entry in place, shard by shard, under each shard's read lock: `visit` must
+    /// not write to the bucket.
     pub(crate) fn for_each(&self, mut visit: impl FnMut(&K, &Entry<V>)) {
         for e in self.map.load().iter() {
             visit(e.key(), e.value());
         }
     }
 
-    /// Every entry, copied out shard by shard (values are shared, not cloned).
-    pub(crate) fn snapshot(&self) -> Vec<(K, Entry<V>)> {
-        let map = self.map.load_full();
-        let mut out = Vec::with_capacity(map.len());
-        out.extend(map.iter().map(|e| (e.key().clone(), e.value().clone())));
-        out
+    /// The map as it is now; a bulk reload after this swaps in another and leaves it be.
+    pub(crate) fn current(&self) -> Arc<Map<K, V>> {
+        self.map.load_full()
     }
 
     /// Inserts or replaces; an equal value keeps the stored `Arc` and only moves the load time.

@@ -13,10 +13,12 @@
 //! 38+n    ...   body: `count` records (key, value, loaded_at ms, expires_at ms), bincode standard
 //! ```
 //!
-//! The body is checked whole (length and checksum) before anything is decoded, so a torn or
-//! damaged file is refused before a single value could be served.
+//! The body is checked whole (length, then checksum in a first streaming pass) before anything
+//! is decoded, so a torn or damaged file is refused before a single value could be served, and
+//! a damaged length inside a record cannot make the decoder allocate. The second pass decodes
+//! from a fixed-size window, never holding the whole file in memory.
 
-use std::io::{self, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -29,8 +31,16 @@ const FORMAT_VERSION: u32 = 1;
 const FIXED_HEADER: usize = 38;
 /// No single record may claim more than this when decoded (bounds allocations from a lying file).
 const RECORD_LIMIT: usize = 1 << 30;
+/// The window the body is read through (grown only for a record larger than it).
+const WINDOW: usize = 1 << 20;
 
-fn config() -> impl bincode::config::Config {
+/// The encoding: bincode's standard (varint integers). Writing needs no limit.
+fn encode_config() -> impl bincode::config::Config {
+    bincode::config::standard()
+}
+
+/// The same encoding, decoded with a limit per record.
+fn decode_config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<RECORD_LIMIT>()
 }
 
@@ -46,6 +56,29 @@ pub enum DecodeError {
     },
     /// Not a dump, or a damaged one.
     Corrupt(String),
+}
+
+/// Why a dump file could not be read: the file system, or its contents.
+#[derive(Debug)]
+pub(crate) enum ReadError {
+    Io(io::Error),
+    Decode(DecodeError),
+}
+
+impl From<io::Error> for ReadError {
+    fn from(e: io::Error) -> Self {
+        ReadError::Io(e)
+    }
+}
+
+impl From<DecodeError> for ReadError {
+    fn from(e: DecodeError) -> Self {
+        ReadError::Decode(e)
+    }
+}
+
+fn corrupt(why: impl Into<String>) -> ReadError {
+    ReadError::Decode(DecodeError::Corrupt(why.into()))
 }
 
 pub(crate) struct Header {
@@ -70,29 +103,27 @@ impl Header {
         out
     }
 
-    fn decode(bytes: &[u8]) -> Result<(Header, usize), DecodeError> {
-        let corrupt = |why: &str| DecodeError::Corrupt(why.to_owned());
-        if bytes.len() < FIXED_HEADER {
-            return Err(corrupt("shorter than a dump header"));
-        }
-        if bytes[..8] != MAGIC {
+    /// Reads the header; returns it and its length in bytes.
+    fn read(input: &mut impl Read) -> Result<(Header, usize), ReadError> {
+        let mut fixed = [0u8; FIXED_HEADER];
+        read_exact_or(input, &mut fixed, "shorter than a dump header")?;
+        if fixed[..8] != MAGIC {
             return Err(corrupt("not a cache-worker dump (bad magic)"));
         }
-        let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap_or([0; 4]));
-        let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap_or([0; 8]));
+        let u32_at = |at: usize| {
+            u32::from_le_bytes([fixed[at], fixed[at + 1], fixed[at + 2], fixed[at + 3]])
+        };
+        let u64_at = |at: usize| (u64::from(u32_at(at + 4)) << 32) | u64::from(u32_at(at));
         let format = u32_at(8);
         if format != FORMAT_VERSION {
-            return Err(DecodeError::Corrupt(format!(
+            return Err(corrupt(format!(
                 "dump format version {format}, this build reads {FORMAT_VERSION}"
             )));
         }
-        let name_len = u16::from_le_bytes([bytes[36], bytes[37]]) as usize;
-        let name = bytes
-            .get(FIXED_HEADER..FIXED_HEADER + name_len)
-            .ok_or_else(|| corrupt("truncated in the header"))?;
-        let bucket = std::str::from_utf8(name)
-            .map_err(|_| corrupt("bucket name is not UTF-8"))?
-            .to_owned();
+        let name_len = usize::from(u16::from_le_bytes([fixed[36], fixed[37]]));
+        let mut name = vec![0u8; name_len];
+        read_exact_or(input, &mut name, "truncated in the header")?;
+        let bucket = String::from_utf8(name).map_err(|_| corrupt("bucket name is not UTF-8"))?;
         let header = Header {
             schema: u32_at(12),
             bucket,
@@ -102,6 +133,14 @@ impl Header {
         };
         Ok((header, FIXED_HEADER + name_len))
     }
+}
+
+/// `read_exact`, with running out of bytes reported as a damaged dump.
+fn read_exact_or(input: &mut impl Read, buf: &mut [u8], why: &str) -> Result<(), ReadError> {
+    input.read_exact(buf).map_err(|e| match e.kind() {
+        io::ErrorKind::UnexpectedEof => corrupt(why),
+        _ => ReadError::Io(e),
+    })
 }
 
 /// A writer that checksums and counts what passes through it.
@@ -140,127 +179,218 @@ struct Record<K, V> {
     expires_at: u64,
 }
 
-/// Writes a whole dump to `out`: header, then the records streamed, then the header again with
-/// the real length and checksum.
-pub(crate) fn write<K: Serialize, V: Serialize, W: Write + Seek>(
-    out: W,
-    bucket: &str,
-    schema: u32,
-    entries: &[(K, Entry<V>)],
-) -> io::Result<()> {
-    if bucket.len() > u16::MAX as usize {
-        return Err(io::Error::other("bucket name longer than 65535 bytes"));
-    }
-    let mut header = Header {
-        schema,
-        bucket: bucket.to_owned(),
-        count: entries.len() as u64,
-        body_len: 0,
-        checksum: 0,
-    };
-    let mut out = out;
-    out.write_all(&header.encode())?;
-    // Buffer before checksumming, so the CRC runs over large blocks, not per field.
-    let mut body = io::BufWriter::with_capacity(
-        1 << 16,
-        Summing {
-            inner: &mut out,
-            hasher: crc32fast::Hasher::new(),
-            written: 0,
-        },
-    );
-    for (key, entry) in entries {
+/// The records of a dump being written: [`write`] hands one to its `fill` callback.
+pub(crate) struct Records<W: Write> {
+    body: io::BufWriter<Summing<W>>,
+    count: u64,
+}
+
+impl<W: Write> Records<W> {
+    /// Appends one record.
+    pub(crate) fn push<K: Serialize, V: Serialize>(
+        &mut self,
+        key: &K,
+        entry: &Entry<V>,
+    ) -> io::Result<()> {
         let record = RecordRef {
             key,
             value: &*entry.value,
             loaded_at: entry.loaded_at,
             expires_at: entry.expires_at,
         };
-        bincode::serde::encode_into_std_write(&record, &mut body, config())
+        bincode::serde::encode_into_std_write(&record, &mut self.body, encode_config())
             .map_err(io::Error::other)?;
+        self.count += 1;
+        Ok(())
     }
-    let summed = body.into_inner().map_err(|e| e.into_error())?;
-    header.body_len = summed.written;
-    header.checksum = summed.hasher.finalize();
+}
+
+/// Writes a whole dump to `out`: a provisional header, then the records that `fill` pushes,
+/// streamed through a checksumming buffer, then the header again with the real count, length
+/// and checksum. Nothing is copied: `fill` can encode straight from a live map.
+pub(crate) fn write<W: Write + Seek>(
+    mut out: W,
+    bucket: &str,
+    schema: u32,
+    fill: impl FnOnce(&mut Records<W>) -> io::Result<()>,
+) -> io::Result<()> {
+    if bucket.len() > usize::from(u16::MAX) {
+        return Err(io::Error::other("bucket name longer than 65535 bytes"));
+    }
+    let mut header = Header {
+        schema,
+        bucket: bucket.to_owned(),
+        count: 0,
+        body_len: 0,
+        checksum: 0,
+    };
+    out.write_all(&header.encode())?;
+    // Buffer before checksumming, so the CRC runs over large blocks, not per field.
+    let mut records = Records {
+        body: io::BufWriter::with_capacity(
+            1 << 16,
+            Summing {
+                inner: out,
+                hasher: crc32fast::Hasher::new(),
+                written: 0,
+            },
+        ),
+        count: 0,
+    };
+    fill(&mut records)?;
+    let Records { body, count } = records;
+    header.count = count;
+    let Summing {
+        inner: mut out,
+        hasher,
+        written,
+    } = body.into_inner().map_err(|e| e.into_error())?;
+    header.body_len = written;
+    header.checksum = hasher.finalize();
     out.seek(SeekFrom::Start(0))?;
     out.write_all(&header.encode())?;
     out.flush()
 }
 
-/// Decodes a whole dump of `bucket` / `schema`. Nothing is returned unless every record decoded.
+/// Decodes a whole dump of `bucket` / `schema` held in memory. Nothing is returned unless
+/// every record decoded.
 pub(crate) fn read<K: DeserializeOwned, V: DeserializeOwned>(
     bytes: &[u8],
     bucket: &str,
     schema: u32,
 ) -> Result<Vec<(K, Entry<V>)>, DecodeError> {
-    read_into(
-        bytes,
+    let read = read_into(
+        &mut io::Cursor::new(bytes),
+        bytes.len() as u64,
         bucket,
         schema,
         Vec::with_capacity,
         |entries, k, e| entries.push((k, e)),
-    )
+    );
+    match read {
+        Ok(entries) => Ok(entries),
+        Err(ReadError::Decode(e)) => Err(e),
+        // Reading from memory fails only by running out of bytes, which is reported as corrupt.
+        Err(ReadError::Io(e)) => Err(DecodeError::Corrupt(e.to_string())),
+    }
 }
 
-/// Decodes a dump of `bucket` / `schema` into the collection that `make` creates for the number
-/// of records to expect (never more than the body's length in bytes), one `push` a record. The body's length and checksum are
-/// verified before the first record is decoded; a record that fails to decode fails the whole
-/// read, and the caller must then drop what it collected.
-pub(crate) fn read_into<K: DeserializeOwned, V: DeserializeOwned, C>(
-    bytes: &[u8],
+/// Decodes the dump of `bucket` / `schema` that `input` holds from its start, `len` bytes in
+/// all (a file's length), into the collection that `make` creates for the number of records to
+/// expect (never more than the body's length in bytes), one `push` a record.
+///
+/// Two streaming passes: the first checks the body's length and checksum, the second decodes
+/// through a window of [`WINDOW`] bytes. A record that fails to decode fails the whole read,
+/// and the caller must then drop what it collected.
+pub(crate) fn read_into<R, K, V, C>(
+    input: &mut R,
+    len: u64,
     bucket: &str,
     schema: u32,
     make: impl FnOnce(usize) -> C,
     mut push: impl FnMut(&mut C, K, Entry<V>),
-) -> Result<C, DecodeError> {
-    let (header, start) = Header::decode(bytes)?;
-    let body = &bytes[start..];
-    if body.len() as u64 != header.body_len {
-        return Err(DecodeError::Corrupt(format!(
-            "body is {} bytes, the header says {} (a torn write?)",
-            body.len(),
+) -> Result<C, ReadError>
+where
+    R: Read + Seek,
+    K: DeserializeOwned,
+    V: DeserializeOwned,
+{
+    let (header, start) = Header::read(input)?;
+    let body_len = len.saturating_sub(start as u64);
+    if body_len != header.body_len {
+        return Err(corrupt(format!(
+            "body is {body_len} bytes, the header says {} (a torn write?)",
             header.body_len
         )));
     }
-    if crc32fast::hash(body) != header.checksum {
-        return Err(DecodeError::Corrupt("checksum mismatch".to_owned()));
-    }
     if header.bucket != bucket || header.schema != schema {
-        return Err(DecodeError::Foreign {
+        return Err(ReadError::Decode(DecodeError::Foreign {
             bucket: header.bucket,
             schema: header.schema,
-        });
+        }));
     }
+
+    // Pass 1: the checksum, over the exact body.
+    let mut window = vec![0u8; WINDOW];
+    let mut hasher = crc32fast::Hasher::new();
+    let mut left = body_len;
+    while left > 0 {
+        let want = window
+            .len()
+            .min(usize::try_from(left).unwrap_or(usize::MAX));
+        read_exact_or(input, &mut window[..want], "shorter than its header says")?;
+        hasher.update(&window[..want]);
+        left -= want as u64;
+    }
+    if hasher.finalize() != header.checksum {
+        return Err(corrupt("checksum mismatch"));
+    }
+
+    // Pass 2: decode, record by record, through the window.
+    input.seek(SeekFrom::Start(start as u64))?;
+    let mut input = input.take(body_len);
     // Every record takes at least one byte, so a lying count cannot reserve more than the body.
-    let mut out = make(header.count.min(body.len() as u64) as usize);
-    let mut at = 0;
-    for i in 0..header.count {
-        let (record, used): (Record<K, V>, usize) =
-            bincode::serde::decode_from_slice(&body[at..], config()).map_err(|e| {
-                DecodeError::Corrupt(format!(
+    let mut out = make(header.count.min(body_len) as usize);
+    let (mut at, mut filled) = (0usize, 0usize);
+    let mut exhausted = false;
+    let mut i = 0;
+    while i < header.count {
+        match bincode::serde::decode_from_slice::<Record<K, V>, _>(
+            &window[at..filled],
+            decode_config(),
+        ) {
+            Ok((record, used)) => {
+                at += used;
+                i += 1;
+                push(
+                    &mut out,
+                    record.key,
+                    Entry {
+                        value: Arc::new(record.value),
+                        loaded_at: record.loaded_at,
+                        expires_at: record.expires_at,
+                    },
+                );
+            }
+            Err(bincode::error::DecodeError::UnexpectedEnd { .. }) if !exhausted => {
+                // The record runs past the window: move what is left to the front, grow the
+                // window if one record fills it, and read on.
+                window.copy_within(at..filled, 0);
+                filled -= at;
+                at = 0;
+                if filled == window.len() {
+                    window.resize(window.len() * 2, 0);
+                }
+                let n = read_some(&mut input, &mut window[filled..])?;
+                filled += n;
+                exhausted = n == 0;
+            }
+            Err(e) => {
+                return Err(corrupt(format!(
                     "record {i} of {} does not decode: {e}",
                     header.count
-                ))
-            })?;
-        at += used;
-        push(
-            &mut out,
-            record.key,
-            Entry {
-                value: Arc::new(record.value),
-                loaded_at: record.loaded_at,
-                expires_at: record.expires_at,
-            },
-        );
+                )));
+            }
+        }
     }
-    if at != body.len() {
-        return Err(DecodeError::Corrupt(format!(
-            "{} bytes after the last of {} records",
-            body.len() - at,
+    let trailing = (filled - at) as u64 + io::copy(&mut input, &mut io::sink())?;
+    if trailing != 0 {
+        return Err(corrupt(format!(
+            "{trailing} bytes after the last of {} records",
             header.count
         )));
     }
     Ok(out)
+}
+
+/// One `read`, retried when interrupted.
+fn read_some(input: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match input.read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            other => return other,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -284,7 +414,10 @@ mod tests {
 
     fn encode(n: u64) -> Vec<u8> {
         let mut buf = io::Cursor::new(Vec::new());
-        write(&mut buf, "b", 3, &entries(n)).expect("encode");
+        write(&mut buf, "b", 3, |records| {
+            entries(n).iter().try_for_each(|(k, e)| records.push(k, e))
+        })
+        .expect("encode");
         buf.into_inner()
     }
 
@@ -313,7 +446,7 @@ mod tests {
     #[test]
     fn every_bit_flip_in_the_body_is_refused() {
         let bytes = encode(20);
-        let (_, start) = Header::decode(&bytes).expect("header");
+        let (_, start) = Header::read(&mut &bytes[..]).expect("header");
         for at in start..bytes.len() {
             let mut bad = bytes.clone();
             bad[at] ^= 0x10;
@@ -368,21 +501,21 @@ pub mod exposed {
         schema: u32,
         records: &[Record<K, V>],
     ) -> std::io::Result<Vec<u8>> {
-        let entries: Vec<(&K, Entry<&V>)> = records
-            .iter()
-            .map(|(k, v, loaded_at, expires_at)| {
-                (
-                    k,
-                    Entry {
-                        value: std::sync::Arc::new(v),
-                        loaded_at: *loaded_at,
-                        expires_at: *expires_at,
-                    },
-                )
-            })
-            .collect();
         let mut out = std::io::Cursor::new(Vec::new());
-        super::write(&mut out, bucket, schema, &entries)?;
+        super::write(&mut out, bucket, schema, |sink| {
+            records
+                .iter()
+                .try_for_each(|(k, v, loaded_at, expires_at)| {
+                    sink.push(
+                        k,
+                        &Entry {
+                            value: std::sync::Arc::new(v),
+                            loaded_at: *loaded_at,
+                            expires_at: *expires_at,
+                        },
+                    )
+                })
+        })?;
         Ok(out.into_inner())
     }
 

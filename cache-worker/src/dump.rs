@@ -12,12 +12,13 @@ use serde::Serialize;
 use crate::CacheWorker;
 use crate::Error;
 use crate::bucket::{Entry, Hasher, Map};
-use crate::codec::{self, DecodeError};
+use crate::codec::{self, DecodeError, ReadError};
 use crate::inner::{Inner, Key, Value};
 use crate::stats::bump;
 
-/// Writes the bucket to its dump file now. Readers never wait: the bucket is copied out (its
-/// values shared, not cloned) and encoded on a blocking thread.
+/// Writes the bucket to its dump file now. Readers never wait: the records are encoded on a
+/// blocking thread straight from the map, one shard at a time under that shard's read lock
+/// (readers share it; only a writer to that shard waits), with nothing copied out.
 pub(crate) async fn write<W: CacheWorker>(inner: &Arc<Inner<W>>) -> Result<(), Error> {
     let Some(path) = inner.settings.file.clone() else {
         return Ok(());
@@ -25,20 +26,18 @@ pub(crate) async fn write<W: CacheWorker>(inner: &Arc<Inner<W>>) -> Result<(), E
     let _one_at_a_time = inner.dump_lock.lock().await;
     // Changes from here on mark the bucket dirty again and get the next dump.
     inner.dirty.store(false, Ordering::Release);
-    let entries = inner.bucket.snapshot();
-    let count = entries.len();
+    let map = inner.bucket.current();
     let bucket = inner.settings.bucket.clone();
     let schema = inner.settings.schema;
     let started = Instant::now();
     let target = path.clone();
-    let written =
-        tokio::task::spawn_blocking(move || write_file(&target, &bucket, schema, &entries))
-            .await
-            .unwrap_or_else(|join| Err(io::Error::other(format!("dump writer crashed: {join}"))));
+    let written = tokio::task::spawn_blocking(move || write_file(&target, &bucket, schema, &map))
+        .await
+        .unwrap_or_else(|join| Err(io::Error::other(format!("dump writer crashed: {join}"))));
     let elapsed = started.elapsed();
     let bucket = inner.bucket_name();
     match written {
-        Ok(()) => {
+        Ok(count) => {
             let micros = elapsed.as_micros() as u64;
             bump(&inner.stats.dump_writes);
             inner
@@ -62,13 +61,13 @@ pub(crate) async fn write<W: CacheWorker>(inner: &Arc<Inner<W>>) -> Result<(), E
 }
 
 /// Temp file in the same directory, fsync, rename over the dump, fsync the directory: a crash
-/// at any moment leaves the previous dump or the new one, never a mix.
-fn write_file<K: Serialize, V: Serialize>(
-    path: &Path,
-    bucket: &str,
-    schema: u32,
-    entries: &[(K, Entry<V>)],
-) -> io::Result<()> {
+/// at any moment leaves the previous dump or the new one, never a mix. Returns the number of
+/// records written.
+fn write_file<K, V>(path: &Path, bucket: &str, schema: u32, map: &Map<K, V>) -> io::Result<u64>
+where
+    K: Serialize + Eq + std::hash::Hash,
+    V: Serialize,
+{
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -86,11 +85,19 @@ fn write_file<K: Serialize, V: Serialize>(
     ));
     let tmp = dir.join(tmp_name);
     let result = (|| {
-        let file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-        codec::write(&file, bucket, schema, entries)?;
+        let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        let mut count = 0;
+        codec::write(&mut file, bucket, schema, |records| {
+            for e in map.iter() {
+                records.push(e.key(), e.value())?;
+                count += 1;
+            }
+            Ok(())
+        })?;
         file.sync_all()?;
         fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
+        File::open(dir)?.sync_all()?;
+        Ok(count)
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
@@ -197,13 +204,15 @@ pub(crate) async fn restore<W: CacheWorker>(inner: &Inner<W>) -> Option<usize> {
     }
 }
 
-enum ReadError {
-    Io(io::Error),
-    Decode(DecodeError),
-}
+/// Records handed from the decoding thread to the inserting one at a time.
+const BATCH: usize = 4096;
 
-/// Decodes the dump straight into a presized map, leaving out entries that expired by `now`;
-/// returns the map and how many expired entries were left out.
+/// Decodes the dump into a presized map, leaving out entries that expired by `now`; returns the
+/// map and how many expired entries were left out.
+///
+/// Two threads share the work: this one decodes records into batches, a scoped one inserts them
+/// (hashing and probing the map), so a warm start on a multi-core machine takes about as long
+/// as the decoding alone. At most a few batches are in flight, so memory stays at the map's.
 fn read_file<K, V>(
     path: &Path,
     bucket: &str,
@@ -211,25 +220,62 @@ fn read_file<K, V>(
     now: u64,
 ) -> Result<(Map<K, V>, usize), ReadError>
 where
-    K: serde::de::DeserializeOwned + Eq + std::hash::Hash,
-    V: serde::de::DeserializeOwned,
+    K: serde::de::DeserializeOwned + Eq + std::hash::Hash + Send + Sync,
+    V: serde::de::DeserializeOwned + Send + Sync,
 {
-    let bytes = fs::read(path).map_err(ReadError::Io)?;
+    let mut file = File::open(path)?;
+    let len = file.metadata()?.len();
     let mut expired = 0;
-    let map = codec::read_into(
-        &bytes,
-        bucket,
-        schema,
-        |count| Map::with_capacity_and_hasher(count, Hasher::default()),
-        |map, key, entry| {
-            if entry.expires_at > now {
-                map.insert(key, entry);
-            } else {
-                expired += 1;
+    let map = std::thread::scope(|scope| {
+        let (batches, incoming) = std::sync::mpsc::sync_channel::<Vec<(K, Entry<V>)>>(4);
+        let (sizes, size) = std::sync::mpsc::sync_channel::<usize>(1);
+        let inserter = scope.spawn(move || {
+            let map = Map::with_capacity_and_hasher(size.recv().unwrap_or(0), Hasher::default());
+            for batch in incoming {
+                for (key, entry) in batch {
+                    map.insert(key, entry);
+                }
             }
-        },
-    )
-    .map_err(ReadError::Decode)?;
+            map
+        });
+        let decoded = codec::read_into(
+            &mut file,
+            len,
+            bucket,
+            schema,
+            |count| {
+                let _ = sizes.send(count);
+                Vec::with_capacity(BATCH)
+            },
+            |batch, key, entry| {
+                if entry.expires_at <= now {
+                    expired += 1;
+                    return;
+                }
+                batch.push((key, entry));
+                if batch.len() == BATCH {
+                    let full = std::mem::replace(batch, Vec::with_capacity(BATCH));
+                    // The inserter only stops early by panicking, which is reported below.
+                    let _ = batches.send(full);
+                }
+            },
+        );
+        drop(sizes);
+        let last = match decoded {
+            Ok(last) => last,
+            Err(e) => {
+                drop(batches);
+                // What was inserted is dropped with the thread's map.
+                let _ = inserter.join();
+                return Err(e);
+            }
+        };
+        let _ = batches.send(last);
+        drop(batches);
+        inserter
+            .join()
+            .map_err(|_| ReadError::Io(io::Error::other("the thread inserting the dump panicked")))
+    })?;
     Ok((map, expired))
 }
 

@@ -406,16 +406,18 @@ async fn reload_keys<W: CacheWorker>(inner: &Arc<Inner<W>>, scope: Scope) -> Cyc
         Scope::All => inner.bucket.keys(),
         Scope::Stale => {
             let now = inner.clock.now_ms();
-            let period = inner.settings.refresh;
-            inner
-                .bucket
-                .snapshot()
-                .into_iter()
-                // Entries with their own interval are revalidated by their own timers.
-                .filter(|(k, e)| inner.refresh_after(k, &e.value).is_none())
-                .filter(|(_, e)| period.is_some_and(|p| now >= add_ms(e.loaded_at, p)))
-                .map(|(k, _)| k)
-                .collect()
+            let mut stale = Vec::new();
+            if let Some(period) = inner.settings.refresh {
+                inner.bucket.for_each(|k, e| {
+                    // Entries with their own interval are revalidated by their own timers.
+                    if now >= add_ms(e.loaded_at, period)
+                        && inner.refresh_after(k, &e.value).is_none()
+                    {
+                        stale.push(k.clone());
+                    }
+                });
+            }
+            stale
         }
     };
     let mut cycle = Cycle {

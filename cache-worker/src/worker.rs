@@ -84,7 +84,9 @@ pub trait CacheWorker: Send + Sync + Sized + 'static {
     ///
     /// `None` (the default) leaves the entry to the worker's periodic refresh cycle. Called
     /// each time the entry is stored or reloaded; the timer is kept in one queue for the whole
-    /// bucket, not a task per key.
+    /// bucket, not a task per key. Like [`expire_after`](CacheWorker::expire_after), it should
+    /// be a quick, pure function of the value: it may run while the bucket is being visited, so
+    /// it must not write to this worker.
     fn refresh_after(&self, key: &Self::Key, value: &Self::Value) -> Option<Duration> {
         let _ = (key, value);
         None
