@@ -3,7 +3,7 @@
 //! it crashes. The refresher keeps no data of its own: its timers are rebuilt from the bucket
 //! on every (re)start, so a crash loses nothing.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -328,6 +328,13 @@ impl<W: CacheWorker> Refresher<W> {
         }
         for reply in waiters {
             let _ = reply.send(cycle.report.clone());
+        }
+        if !cycle.bulk_failed {
+            // Every key this cycle reloaded is fresh: a later failure of its own reload starts
+            // the backoff over at `retry_min`. Keys it could not reload keep their count; keys
+            // it removed lose theirs.
+            let failed: HashSet<&Key<W>> = cycle.failed.iter().collect();
+            self.attempts.retain(|key, _| failed.contains(key));
         }
         for key in &cycle.failed {
             self.retry(key);
