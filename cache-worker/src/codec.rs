@@ -31,17 +31,15 @@ const FORMAT_VERSION: u32 = 1;
 const FIXED_HEADER: usize = 38;
 /// No single record may claim more than this when decoded (bounds allocations from a lying file).
 const RECORD_LIMIT: usize = 1 << 30;
+/// A dump's (unchecked) count presizes the collection for at most one record per this many
+/// bytes of body (a session-like record takes about 70).
+const PRESIZE_BYTES_PER_RECORD: u64 = 8;
 /// The window the body is read through (grown only for a record larger than it).
 const WINDOW: usize = 1 << 20;
 
 /// The encoding: bincode's standard (varint integers). Writing needs no limit.
 fn encode_config() -> impl bincode::config::Config {
     bincode::config::standard()
-}
-
-/// The same encoding, decoded with a limit per record.
-fn decode_config() -> impl bincode::config::Config {
-    bincode::config::standard().with_limit::<RECORD_LIMIT>()
 }
 
 /// Why a dump could not be used.
@@ -198,8 +196,13 @@ impl<W: Write> Records<W> {
             loaded_at: entry.loaded_at,
             expires_at: entry.expires_at,
         };
-        bincode::serde::encode_into_std_write(&record, &mut self.body, encode_config())
-            .map_err(io::Error::other)?;
+        bincode::serde::encode_into_std_write(&record, &mut self.body, encode_config()).map_err(
+            |e| match e {
+                // The disk's own error (ENOSPC, EFBIG, EIO...), kind and all.
+                bincode::error::EncodeError::Io { inner, .. } => inner,
+                other => io::Error::other(other),
+            },
+        )?;
         self.count += 1;
         Ok(())
     }
@@ -329,18 +332,19 @@ where
     // Pass 2: decode, record by record, through the window.
     input.seek(SeekFrom::Start(start as u64))?;
     let mut input = input.take(body_len);
-    // Every record takes at least one byte, so a lying count cannot reserve more than the body.
-    let mut out = make(header.count.min(body_len) as usize);
+    // The count is not under the checksum: presize for at most one record per
+    // PRESIZE_BYTES_PER_RECORD bytes of body, so a lying count reserves a small multiple of the
+    // file's size at most; dumps of smaller records grow the collection as they decode.
+    let mut out = make(header.count.min(body_len / PRESIZE_BYTES_PER_RECORD) as usize);
+    let mut decoded = 0u64;
     let (mut at, mut filled) = (0usize, 0usize);
     let mut exhausted = false;
     let mut i = 0;
     while i < header.count {
-        match bincode::serde::decode_from_slice::<Record<K, V>, _>(
-            &window[at..filled],
-            decode_config(),
-        ) {
+        match decode_record::<K, V>(&window[at..filled], body_len - decoded) {
             Ok((record, used)) => {
                 at += used;
+                decoded += used as u64;
                 i += 1;
                 push(
                     &mut out,
@@ -381,6 +385,30 @@ where
         )));
     }
     Ok(out)
+}
+
+/// Decodes one record from the front of `slice`; `left` is how many bytes of the body are not
+/// decoded yet. bincode claims each integer's in-memory size and each string's length against
+/// its limit, so an honest record never claims more than 16 bytes per byte it takes (a u128 in
+/// one varint byte): the limit is the first step at or above 16 × `left`. A lying length prefix
+/// then cannot make bincode allocate more than that (with the fixed limit: up to 1 GiB from a
+/// file of any size).
+fn decode_record<K: DeserializeOwned, V: DeserializeOwned>(
+    slice: &[u8],
+    left: u64,
+) -> Result<(Record<K, V>, usize), bincode::error::DecodeError> {
+    fn limited<T: DeserializeOwned, const N: usize>(
+        slice: &[u8],
+    ) -> Result<(T, usize), bincode::error::DecodeError> {
+        bincode::serde::decode_from_slice(slice, bincode::config::standard().with_limit::<N>())
+    }
+    match left.saturating_mul(16) {
+        0..=0xFFFF => limited::<_, { 1 << 16 }>(slice),
+        0x1_0000..=0xF_FFFF => limited::<_, { 1 << 20 }>(slice),
+        0x10_0000..=0xFF_FFFF => limited::<_, { 1 << 24 }>(slice),
+        0x100_0000..=0xFFF_FFFF => limited::<_, { 1 << 28 }>(slice),
+        _ => limited::<_, RECORD_LIMIT>(slice),
+    }
 }
 
 /// One `read`, retried when interrupted.
