@@ -1,0 +1,1333 @@
+//! Concurrency stress through the public API: many tasks on a multi-threaded runtime mixing
+//! `get`, `fetch`, `peek`, `insert`, `invalidate` and `refresh_all` over a few hundred keys,
+//! with bulk reloads swapping the whole collection, checking invariants that hold whatever the
+//! interleaving:
+//!
+//! - single flight: N concurrent misses of one key make one load, and at most one load of a
+//!   key is in flight at any moment (counted in the loader) when every load is a miss's; a
+//!   refresh cycle's reload is not coalesced with a miss, so with per-key cycles at most two;
+//! - no lost updates: after quiescence each key holds the effect of a write that no insert or
+//!   invalidate began strictly after (see [`Log::check_final`]);
+//! - events: replaying `Inserted` / `Updated` / `Removed` in order gives the bucket's final
+//!   contents, each event following from the one before it;
+//! - bulk swaps are atomic for readers: a reader never sees an older collection after a newer
+//!   one, and `keys()` is always exactly one collection.
+//!
+//! Not model-checked with loom or shuttle: the code under test sits on tokio, dashmap and
+//! arc-swap, none of which run under those checkers without their own models, so a model of
+//! the library would test the model. The stress runs and the deterministic interleavings at
+//! the end (pinned by holding a load until the test lets it go, or by a write from another
+//! thread at the moment the `refresh_after` hook sees a value) are the deliverable.
+//! `CACHE_WORKER_LONG=1` runs ten times as many operations.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::SeqCst};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use cache_worker::{CacheWorker, Entries, Event, Worker};
+use futures_util::StreamExt;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+const KEYS: u32 = 256;
+/// Half of all operations go to these few keys, so that they collide.
+const HOT: u32 = 16;
+const TASKS: u64 = 64;
+const SEED: u64 = 0x57E5_5000_0000_0001;
+
+fn long_run() -> bool {
+    std::env::var("CACHE_WORKER_LONG").as_deref() == Ok("1")
+}
+
+fn ops_per_task() -> u64 {
+    if long_run() { 10_000 } else { 1_000 }
+}
+
+/// splitmix64, as in chaos.rs.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    fn key(&mut self) -> u32 {
+        let range = if self.below(2) == 0 { HOT } else { KEYS };
+        self.below(u64::from(range)) as u32
+    }
+}
+
+/// Where a value came from; a bulk value names its collection's generation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+enum Src {
+    Load,
+    Insert,
+    Bulk(u64),
+}
+
+/// Every value is unique (`seq`) and names its key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Val {
+    key: u32,
+    seq: u64,
+    src: Src,
+}
+
+/// One write to a key as the test saw it: its effect (a value's `seq`, or `None` for absent)
+/// took place somewhere within the ticks `lo..=hi` (`hi` is settled at the end).
+#[derive(Clone, Debug)]
+struct Write {
+    lo: u64,
+    hi: Option<u64>,
+    effect: Option<u64>,
+    kind: WriteKind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum WriteKind {
+    /// The empty bucket at start.
+    Start,
+    Insert,
+    Invalidate,
+    /// A value `load` returned: stored by a fetch (which then returns it) or by a reload.
+    Load,
+    /// A key's fate in a bulk collection: its value, or absent.
+    Bulk,
+}
+
+impl WriteKind {
+    /// Done by the caller between its two ticks, for certain.
+    fn definite(self) -> bool {
+        matches!(
+            self,
+            WriteKind::Start | WriteKind::Insert | WriteKind::Invalidate
+        )
+    }
+}
+
+/// The writes of one key and every value ever written to it.
+#[derive(Default)]
+struct KeyLog {
+    writes: Vec<Write>,
+    values: HashSet<u64>,
+}
+
+/// What the test knows about every write, read and refresh, on one logical clock.
+struct Log {
+    tick: AtomicU64,
+    seq: AtomicU64,
+    keys: Vec<Mutex<KeyLog>>,
+    /// The earliest tick by which each value was seen by a reader (so it was stored by then).
+    observed: Vec<Mutex<HashMap<u64, u64>>>,
+    /// `refresh_all` calls: (start tick, end tick).
+    refreshes: Mutex<Vec<(u64, u64)>>,
+}
+
+impl Log {
+    fn new() -> Self {
+        Log {
+            tick: AtomicU64::new(1),
+            seq: AtomicU64::new(0),
+            keys: (0..KEYS)
+                .map(|_| {
+                    Mutex::new(KeyLog {
+                        writes: vec![Write {
+                            lo: 0,
+                            hi: Some(0),
+                            effect: None,
+                            kind: WriteKind::Start,
+                        }],
+                        values: HashSet::new(),
+                    })
+                })
+                .collect(),
+            observed: (0..KEYS).map(|_| Mutex::default()).collect(),
+            refreshes: Mutex::default(),
+        }
+    }
+
+    fn tick(&self) -> u64 {
+        self.tick.fetch_add(1, SeqCst) + 1
+    }
+
+    fn value(&self, key: u32, src: Src) -> Val {
+        Val {
+            key,
+            seq: self.seq.fetch_add(1, SeqCst),
+            src,
+        }
+    }
+
+    /// Makes `value` known as written before anyone can read it.
+    fn announce(&self, value: &Val) {
+        self.keys[value.key as usize]
+            .lock()
+            .values
+            .insert(value.seq);
+    }
+
+    fn record(&self, key: u32, write: Write) {
+        self.keys[key as usize].lock().writes.push(write);
+    }
+
+    fn was_written(&self, key: u32, value: &Val) -> bool {
+        value.key == key
+            && self
+                .keys
+                .get(key as usize)
+                .is_some_and(|k| k.lock().values.contains(&value.seq))
+    }
+
+    fn observe(&self, value: &Val, at: u64) {
+        self.observed[value.key as usize]
+            .lock()
+            .entry(value.seq)
+            .and_modify(|t| *t = (*t).min(at))
+            .or_insert(at);
+    }
+
+    /// Checks the final state of every key: it must be the effect of a write that no definite
+    /// write (an insert or invalidate, done between its two ticks) started strictly after.
+    ///
+    /// Bounds on when each write took effect, all sound whatever the interleaving:
+    /// - insert / invalidate: between the caller's ticks;
+    /// - a value a reader saw: stored before that read returned;
+    /// - a loaded value no reader saw was stored by a reload (a fetch returns what it loads,
+    ///   so it is always seen), and a bulk collection is swapped in by a cycle; both happen
+    ///   before the end of any `refresh_all` that started after the loader returned;
+    /// - otherwise, before the final tick.
+    fn check_final(&self, worker: &Worker<Stress>, final_tick: u64) -> Vec<String> {
+        let mut refreshes = self.refreshes.lock().clone();
+        refreshes.sort_unstable();
+        // The earliest end among calls started at or after each index.
+        let mut earliest_end = vec![u64::MAX; refreshes.len() + 1];
+        for i in (0..refreshes.len()).rev() {
+            earliest_end[i] = earliest_end[i + 1].min(refreshes[i].1);
+        }
+        let cycle_bound = |lo: u64| {
+            let first_after = refreshes.partition_point(|(start, _)| *start <= lo);
+            earliest_end[first_after].min(final_tick)
+        };
+        let mut problems = Vec::new();
+        for key in 0..KEYS {
+            let log = self.keys[key as usize].lock();
+            let observed = self.observed[key as usize].lock();
+            let seen = |effect: Option<u64>| effect.and_then(|seq| observed.get(&seq).copied());
+            let hi = |w: &Write| match w.kind {
+                _ if w.kind.definite() => w.hi.unwrap_or(final_tick),
+                WriteKind::Load => seen(w.effect).unwrap_or_else(|| cycle_bound(w.lo)),
+                _ => seen(w.effect).unwrap_or(u64::MAX).min(cycle_bound(w.lo)),
+            };
+            let last_definite = log
+                .writes
+                .iter()
+                .filter(|w| w.kind.definite())
+                .map(|w| w.lo)
+                .max()
+                .unwrap_or(0);
+            let candidates: Vec<&Write> = log
+                .writes
+                .iter()
+                .filter(|w| hi(w) >= last_definite)
+                .collect();
+            let now = worker.peek(&key);
+            let effect = now.as_ref().map(|v| v.seq);
+            if !candidates.iter().any(|w| w.effect == effect) {
+                problems.push(format!(
+                    "key {key}: holds {now:?}; the last definite write started at tick \
+                     {last_definite}, and the writes that may be last are {candidates:?}"
+                ));
+            }
+        }
+        problems
+    }
+}
+
+#[derive(Clone)]
+struct Stress(Arc<Shared>);
+
+struct Shared {
+    seed: u64,
+    /// `load_all` answers a new collection (a bulk swap); otherwise it has none and refresh
+    /// cycles reload key by key.
+    bulk: bool,
+    /// Off until the test subscribed: the cycle that follows a cold start finds no collection,
+    /// so that no change happens before the subscriber is there to see it.
+    ready: AtomicBool,
+    log: Log,
+    in_flight: Vec<AtomicU32>,
+    most_in_flight: AtomicU32,
+    calls: Vec<AtomicU64>,
+    load_calls: AtomicU64,
+    bulk_calls: AtomicU64,
+    /// Each generation's collection, key → value seq; generation 0 is the empty bucket.
+    collections: Mutex<Vec<HashMap<u32, u64>>>,
+}
+
+impl Shared {
+    fn new(seed: u64, bulk: bool) -> Arc<Self> {
+        Arc::new(Shared {
+            seed,
+            bulk,
+            ready: AtomicBool::new(false),
+            log: Log::new(),
+            in_flight: (0..KEYS).map(|_| AtomicU32::new(0)).collect(),
+            most_in_flight: AtomicU32::new(0),
+            calls: (0..KEYS).map(|_| AtomicU64::new(0)).collect(),
+            load_calls: AtomicU64::new(0),
+            bulk_calls: AtomicU64::new(0),
+            collections: Mutex::new(vec![HashMap::new()]),
+        })
+    }
+}
+
+struct InFlight<'a>(&'a AtomicU32);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, SeqCst);
+    }
+}
+
+impl CacheWorker for Stress {
+    type Key = u32;
+    type Value = Val;
+    type Error = std::io::Error;
+
+    async fn load(&self, key: &u32) -> Result<Option<Val>, std::io::Error> {
+        let s = &self.0;
+        s.load_calls.fetch_add(1, SeqCst);
+        let slot = &s.in_flight[*key as usize];
+        let now = slot.fetch_add(1, SeqCst) + 1;
+        let _in_flight = InFlight(slot);
+        s.most_in_flight.fetch_max(now, SeqCst);
+        let call = s.calls[*key as usize].fetch_add(1, SeqCst);
+        let mut rng = Rng::new(s.seed ^ (u64::from(*key) << 32) ^ call);
+        // A pause of a few scheduling rounds: the window in which other misses must join.
+        for _ in 0..rng.below(4) {
+            tokio::task::yield_now().await;
+        }
+        if rng.below(8) == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let value = s.log.value(*key, Src::Load);
+        s.log.announce(&value);
+        let lo = s.log.tick();
+        s.log.record(
+            *key,
+            Write {
+                lo,
+                hi: None,
+                effect: Some(value.seq),
+                kind: WriteKind::Load,
+            },
+        );
+        Ok(Some(value))
+    }
+
+    async fn load_all(&self) -> Option<Result<Entries<Self>, std::io::Error>> {
+        let s = &self.0;
+        if !s.bulk || !s.ready.load(SeqCst) {
+            return None;
+        }
+        s.bulk_calls.fetch_add(1, SeqCst);
+        tokio::task::yield_now().await;
+        // Cycles run one at a time, so generations follow the order of the swaps.
+        let mut collections = s.collections.lock();
+        let generation = collections.len() as u64;
+        let mut rng = Rng::new(s.seed ^ generation.wrapping_mul(0x0B01_C0DE));
+        let mut entries = Vec::new();
+        let mut collection = HashMap::new();
+        let mut fates = Vec::new();
+        for key in 0..KEYS {
+            if rng.below(5) == 0 {
+                fates.push((key, None));
+                continue;
+            }
+            let value = s.log.value(key, Src::Bulk(generation));
+            s.log.announce(&value);
+            collection.insert(key, value.seq);
+            fates.push((key, Some(value.seq)));
+            entries.push((key, value));
+        }
+        let lo = s.log.tick();
+        for (key, effect) in fates {
+            s.log.record(
+                key,
+                Write {
+                    lo,
+                    hi: None,
+                    effect,
+                    kind: WriteKind::Bulk,
+                },
+            );
+        }
+        collections.push(collection);
+        Some(Ok(entries))
+    }
+}
+
+/// What went wrong, collected from every task (a panic in a task would hide the others).
+#[derive(Default)]
+struct Problems(Mutex<Vec<String>>);
+
+impl Problems {
+    fn push(&self, what: String) {
+        let mut all = self.0.lock();
+        if all.len() < 40 {
+            all.push(what);
+        }
+    }
+
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.0.lock())
+    }
+}
+
+/// One task's view: reads it made, and the newest bulk generation it has seen.
+struct Reader<'a> {
+    shared: &'a Shared,
+    problems: &'a Problems,
+    newest: u64,
+    reads: u64,
+}
+
+impl Reader<'_> {
+    /// A value read for `key` at tick `at`: written for that key, and never from an older
+    /// collection than one this reader saw before.
+    fn saw(&mut self, key: u32, value: &Val, at: u64) {
+        let log = &self.shared.log;
+        if !log.was_written(key, value) {
+            self.problems
+                .push(format!("read {key} → {value:?}: never written for it"));
+        }
+        log.observe(value, at);
+        if let Src::Bulk(generation) = value.src {
+            if generation < self.newest {
+                self.problems.push(format!(
+                    "read {key} → generation {generation} after generation {}",
+                    self.newest
+                ));
+            }
+            self.newest = self.newest.max(generation);
+        }
+    }
+}
+
+#[derive(Default)]
+struct Tally {
+    reads: AtomicU64,
+    inserts: AtomicU64,
+    invalidations: AtomicU64,
+    refresh_alls: AtomicU64,
+    scans: AtomicU64,
+}
+
+async fn mixed_task(
+    worker: Worker<Stress>,
+    shared: Arc<Shared>,
+    problems: Arc<Problems>,
+    tally: Arc<Tally>,
+    task: u64,
+    invalidate: bool,
+) {
+    let log = &shared.log;
+    let mut rng = Rng::new(shared.seed ^ (task + 1).wrapping_mul(0x0100_0000_01B3));
+    let mut me = Reader {
+        shared: &shared,
+        problems: &problems,
+        newest: 0,
+        reads: 0,
+    };
+    for _ in 0..ops_per_task() {
+        let key = rng.key();
+        match rng.below(100) {
+            0..30 => {
+                let fetched = worker.fetch(&key).await;
+                let at = log.tick();
+                me.reads += 1;
+                match fetched {
+                    Ok(value) => me.saw(key, &value, at),
+                    Err(e) => problems.push(format!("fetch({key}) failed: {e}")),
+                }
+            }
+            30..45 => {
+                let got = worker.get(&key).await;
+                let at = log.tick();
+                me.reads += 1;
+                match got {
+                    Some(value) => me.saw(key, &value, at),
+                    None => problems.push(format!("get({key}) gave nothing")),
+                }
+            }
+            45..70 => {
+                let peeked = worker.peek(&key);
+                let at = log.tick();
+                me.reads += 1;
+                if let Some(value) = peeked {
+                    me.saw(key, &value, at);
+                }
+            }
+            70..80 => {
+                let value = log.value(key, Src::Insert);
+                log.announce(&value);
+                let lo = log.tick();
+                worker.insert(key, value.clone());
+                let hi = log.tick();
+                log.record(
+                    key,
+                    Write {
+                        lo,
+                        hi: Some(hi),
+                        effect: Some(value.seq),
+                        kind: WriteKind::Insert,
+                    },
+                );
+                tally.inserts.fetch_add(1, SeqCst);
+            }
+            80..88 if invalidate => {
+                let lo = log.tick();
+                let removed = worker.invalidate(&key);
+                let hi = log.tick();
+                log.record(
+                    key,
+                    Write {
+                        lo,
+                        hi: Some(hi),
+                        effect: None,
+                        kind: WriteKind::Invalidate,
+                    },
+                );
+                if let Some(value) = removed {
+                    me.saw(key, &value, hi);
+                }
+                tally.invalidations.fetch_add(1, SeqCst);
+            }
+            88..90 => {
+                let lo = log.tick();
+                let done = worker.refresh_all().await;
+                let hi = log.tick();
+                if let Err(e) = done {
+                    problems.push(format!("refresh_all failed: {e}"));
+                }
+                log.refreshes.lock().push((lo, hi));
+                tally.refresh_alls.fetch_add(1, SeqCst);
+            }
+            90..96 => {
+                for key in 0..KEYS {
+                    let peeked = worker.peek(&key);
+                    let at = log.tick();
+                    me.reads += 1;
+                    if let Some(value) = peeked {
+                        me.saw(key, &value, at);
+                    }
+                }
+                tally.scans.fetch_add(1, SeqCst);
+            }
+            _ => {
+                let keys = worker.keys();
+                if let Some(k) = keys.iter().find(|k| **k >= KEYS) {
+                    problems.push(format!("keys() lists {k}, never written"));
+                }
+            }
+        }
+        if rng.below(16) == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    tally.reads.fetch_add(me.reads, SeqCst);
+}
+
+/// Replays events into a copy of the bucket, each one checked against the copy.
+#[derive(Default)]
+struct Replay {
+    copy: HashMap<u32, Arc<Val>>,
+    entry_events: u64,
+    lagged: u64,
+    /// Events that did not follow from the copy, and the first few of them.
+    broken_count: u64,
+    broken: Vec<String>,
+}
+
+impl Replay {
+    fn apply(&mut self, event: Event<u32, Val>) {
+        let mut broken = |what: String| {
+            self.broken_count += 1;
+            if self.broken.len() < 20 {
+                self.broken.push(what);
+            }
+        };
+        match event {
+            Event::Inserted { key, value } => {
+                self.entry_events += 1;
+                if let Some(held) = self.copy.insert(key, value.clone()) {
+                    broken(format!(
+                        "Inserted({key}, seq {}) while the copy held seq {}",
+                        value.seq, held.seq
+                    ));
+                }
+            }
+            Event::Updated {
+                key,
+                value,
+                previous,
+            } => {
+                self.entry_events += 1;
+                let held = self.copy.insert(key, value.clone());
+                if held.as_ref() != Some(&previous) {
+                    broken(format!(
+                        "Updated({key}, seq {} replacing seq {}) while the copy held {:?}",
+                        value.seq,
+                        previous.seq,
+                        held.map(|v| v.seq)
+                    ));
+                }
+            }
+            Event::Removed { key, value, .. } => {
+                self.entry_events += 1;
+                let held = self.copy.remove(&key);
+                if held.as_ref() != Some(&value) {
+                    broken(format!(
+                        "Removed({key}, seq {}) while the copy held {:?}",
+                        value.seq,
+                        held.map(|v| v.seq)
+                    ));
+                }
+            }
+            Event::Lagged { missed } => self.lagged += missed,
+            _ => {}
+        }
+    }
+}
+
+/// The bucket's contents now.
+fn contents(worker: &Worker<Stress>) -> HashMap<u32, Arc<Val>> {
+    worker
+        .keys()
+        .into_iter()
+        .filter_map(|k| worker.peek(&k).map(|v| (k, v)))
+        .collect()
+}
+
+/// Differences between the replayed copy and the bucket, for the failure message.
+fn differences(copy: &HashMap<u32, Arc<Val>>, bucket: &HashMap<u32, Arc<Val>>) -> Vec<String> {
+    let mut keys: Vec<u32> = copy.keys().chain(bucket.keys()).copied().collect();
+    keys.sort_unstable();
+    keys.dedup();
+    keys.into_iter()
+        .filter(|k| copy.get(k) != bucket.get(k))
+        .take(10)
+        .map(|k| {
+            format!(
+                "key {k}: events say {:?}, bucket holds {:?}",
+                copy.get(&k).map(|v| (v.seq, v.src)),
+                bucket.get(&k).map(|v| (v.seq, v.src))
+            )
+        })
+        .collect()
+}
+
+/// The mixed workload. `bulk`: refresh cycles swap in a new collection each time, and
+/// invalidations run too. Otherwise cycles reload key by key, and there are no invalidations,
+/// which would only add more of the reload-beside-a-miss overlap described in the single
+/// flight check (what such an overlap must not do is covered by the deterministic tests
+/// below).
+async fn run_mixed(bulk: bool) {
+    let shared = Shared::new(SEED ^ u64::from(bulk), bulk);
+    let problems = Arc::new(Problems::default());
+    let tally = Arc::new(Tally::default());
+    let worker = Worker::builder(Stress(shared.clone()))
+        .bucket(if bulk { "stress-bulk" } else { "stress" })
+        .refresh(Duration::ZERO)
+        .concurrency(16)
+        .event_capacity(1 << 18)
+        .start()
+        .await
+        .expect("start");
+    let mut events = worker.subscribe();
+    shared.ready.store(true, SeqCst);
+    let replay = Arc::new(Mutex::new(Replay::default()));
+    // On a thread of its own, so that the 64 busy tasks cannot starve it into lagging.
+    let consumed = Arc::new(AtomicBool::new(false));
+    let consumer = std::thread::spawn({
+        let (replay, consumed) = (replay.clone(), consumed.clone());
+        move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                while !consumed.load(SeqCst) {
+                    match tokio::time::timeout(Duration::from_millis(50), events.next()).await {
+                        Ok(Some(event)) => replay.lock().apply(event),
+                        Ok(None) => break,
+                        Err(_) => {}
+                    }
+                }
+            });
+        }
+    });
+
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|t| {
+            tokio::spawn(mixed_task(
+                worker.clone(),
+                shared.clone(),
+                problems.clone(),
+                tally.clone(),
+                t,
+                bulk,
+            ))
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("no task panics");
+    }
+    // Quiet now: every fetch returned (so its load is over), every refresh_all returned (so its
+    // cycle is over), and there is no periodic refresh.
+    let final_tick = shared.log.tick();
+    let mut failures = problems.take();
+
+    // With bulk cycles, every load of a key is a miss's, and misses share one load. With
+    // per-key cycles, a reload (of a present key) is not coalesced with a miss (of an absent
+    // one): a key inserted while its miss loads may be reloaded at the same time, so two, by
+    // design, and never more (cycles run one at a time; there are no per-entry timers here).
+    let most = shared.most_in_flight.load(SeqCst);
+    let allowed = if bulk { 1 } else { 2 };
+    if most > allowed {
+        failures.push(format!(
+            "single flight: up to {most} loads of one key at once (at most {allowed})"
+        ));
+    }
+    let stats = worker.stats();
+    let load_calls = shared.load_calls.load(SeqCst);
+    let bulk_calls = shared.bulk_calls.load(SeqCst);
+    if stats.loads != load_calls + bulk_calls {
+        failures.push(format!(
+            "stats.loads {} != {load_calls} load calls + {bulk_calls} bulk loads",
+            stats.loads
+        ));
+    }
+    let reads = tally.reads.load(SeqCst);
+    if stats.hits + stats.misses != reads {
+        failures.push(format!(
+            "hits {} + misses {} != {reads} reads",
+            stats.hits, stats.misses
+        ));
+    }
+    failures.extend(shared.log.check_final(&worker, final_tick));
+
+    let expected_events = stats.inserted + stats.updated + stats.removed + stats.expired;
+    for _ in 0..3_000 {
+        if replay.lock().entry_events >= expected_events {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let bucket = contents(&worker);
+    {
+        let replay = replay.lock();
+        if replay.lagged > 0 {
+            failures.push(format!(
+                "the subscriber lagged by {} events: raise event_capacity",
+                replay.lagged
+            ));
+        } else {
+            if replay.entry_events != expected_events {
+                failures.push(format!(
+                    "{} entry events, the stats count {expected_events} changes",
+                    replay.entry_events
+                ));
+            }
+            if replay.broken_count > 0 {
+                failures.push(format!(
+                    "event order: {} of {} events did not follow from the ones before; the first:",
+                    replay.broken_count, replay.entry_events
+                ));
+            }
+            failures.extend(replay.broken.iter().map(|b| format!("event order: {b}")));
+            failures.extend(
+                differences(&replay.copy, &bucket)
+                    .into_iter()
+                    .map(|d| format!("replay: {d}")),
+            );
+        }
+        eprintln!(
+            "stress{}: {TASKS} tasks x {} ops on {KEYS} keys: {reads} reads, {} inserts, {} invalidations, \
+             {} refresh_all ({} cycles, {} bulk swaps), {} scans; {load_calls} loads, {} coalesced, \
+             most loads of one key at once {most}; {} events replayed ({} out of order), final {} entries; {} problems",
+            if bulk { " (bulk)" } else { "" },
+            ops_per_task(),
+            tally.inserts.load(SeqCst),
+            tally.invalidations.load(SeqCst),
+            tally.refresh_alls.load(SeqCst),
+            stats.refresh_cycles,
+            stats.bulk_loads,
+            tally.scans.load(SeqCst),
+            stats.coalesced,
+            replay.entry_events,
+            replay.broken_count,
+            bucket.len(),
+            failures.len(),
+        );
+    }
+    consumed.store(true, SeqCst);
+    consumer.join().expect("the subscriber never panics");
+    worker.shutdown().await;
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_operations_with_bulk_swaps_keep_every_invariant() {
+    run_mixed(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_operations_with_per_key_reloads_keep_every_invariant() {
+    run_mixed(false).await;
+}
+
+/// Readers on tasks and on OS threads while bulk reloads swap collections back to back, with
+/// no per-key writes: `keys()` is always exactly one collection, `len()` the size of one, and
+/// peeks never go back to an older collection once they saw a newer one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_never_see_a_mix_of_two_collections() {
+    let shared = Shared::new(SEED ^ 0xC011, true);
+    let worker = Worker::builder(Stress(shared.clone()))
+        .bucket("swaps")
+        .refresh(Duration::ZERO)
+        .start()
+        .await
+        .expect("start");
+    shared.ready.store(true, SeqCst);
+    let swaps_per_swapper = if long_run() { 1_500 } else { 150 };
+    let done = Arc::new(AtomicBool::new(false));
+    let problems = Arc::new(Problems::default());
+    let straddled = Arc::new(AtomicU64::new(0));
+    let checks = Arc::new(AtomicU64::new(0));
+
+    /// One pass of a reader: a scan, `keys()` and `len()`.
+    fn read_once(
+        worker: &Worker<Stress>,
+        shared: &Shared,
+        me: &mut Reader<'_>,
+        straddled: &AtomicU64,
+    ) {
+        let first = me.newest;
+        for key in 0..KEYS {
+            if let Some(value) = worker.peek(&key) {
+                let holds = match value.src {
+                    Src::Bulk(g) => {
+                        shared
+                            .collections
+                            .lock()
+                            .get(g as usize)
+                            .and_then(|c| c.get(&key))
+                            == Some(&value.seq)
+                    }
+                    _ => false,
+                };
+                if !holds {
+                    me.problems
+                        .push(format!("peek({key}) → {value:?}: not in its collection"));
+                }
+                me.saw(key, &value, 0);
+            }
+        }
+        if me.newest != first {
+            straddled.fetch_add(1, SeqCst);
+        }
+        let mut keys = worker.keys();
+        keys.sort_unstable();
+        let collections = shared.collections.lock();
+        let matching = (me.newest as usize..collections.len()).find(|&g| {
+            let c = &collections[g];
+            c.len() == keys.len() && keys.iter().all(|k| c.contains_key(k))
+        });
+        match matching {
+            Some(g) => me.newest = g as u64,
+            None => me.problems.push(format!(
+                "keys() gave {} keys, not one collection from generation {} on",
+                keys.len(),
+                me.newest
+            )),
+        }
+        let len = worker.len();
+        if !collections[me.newest as usize..]
+            .iter()
+            .any(|c| c.len() == len)
+        {
+            me.problems.push(format!(
+                "len() {len} is no collection's size from generation {} on",
+                me.newest
+            ));
+        }
+    }
+
+    let threads: Vec<_> = (0..2)
+        .map(|_| {
+            let (worker, shared, done, problems, straddled, checks) = (
+                worker.clone(),
+                shared.clone(),
+                done.clone(),
+                problems.clone(),
+                straddled.clone(),
+                checks.clone(),
+            );
+            std::thread::spawn(move || {
+                let mut me = Reader {
+                    shared: &shared,
+                    problems: &problems,
+                    newest: 0,
+                    reads: 0,
+                };
+                let started = std::time::Instant::now();
+                while !done.load(SeqCst) && started.elapsed() < Duration::from_secs(120) {
+                    read_once(&worker, &shared, &mut me, &straddled);
+                    checks.fetch_add(1, SeqCst);
+                }
+            })
+        })
+        .collect();
+    let readers: Vec<_> = (0..8)
+        .map(|_| {
+            let (worker, shared, done, problems, straddled, checks) = (
+                worker.clone(),
+                shared.clone(),
+                done.clone(),
+                problems.clone(),
+                straddled.clone(),
+                checks.clone(),
+            );
+            tokio::spawn(async move {
+                let mut me = Reader {
+                    shared: &shared,
+                    problems: &problems,
+                    newest: 0,
+                    reads: 0,
+                };
+                while !done.load(SeqCst) {
+                    read_once(&worker, &shared, &mut me, &straddled);
+                    checks.fetch_add(1, SeqCst);
+                    tokio::task::yield_now().await;
+                }
+            })
+        })
+        .collect();
+    let swappers: Vec<_> = (0..4)
+        .map(|_| {
+            let worker = worker.clone();
+            tokio::spawn(async move {
+                for _ in 0..swaps_per_swapper {
+                    let report = worker.refresh_all().await.expect("refresh_all");
+                    assert!(report.bulk, "{report:?}");
+                }
+            })
+        })
+        .collect();
+    for swapper in swappers {
+        swapper.await.expect("no swapper panics");
+    }
+    done.store(true, SeqCst);
+    for reader in readers {
+        reader.await.expect("no reader panics");
+    }
+    for thread in threads {
+        thread.join().expect("no reading thread panics");
+    }
+    let generations = shared.collections.lock().len() - 1;
+    eprintln!(
+        "swaps: {generations} collections swapped in; {} reader passes (scan + keys + len), \
+         {} scans saw a newer collection part-way",
+        checks.load(SeqCst),
+        straddled.load(SeqCst)
+    );
+    let found = problems.take();
+    assert!(found.is_empty(), "{found:#?}");
+    assert!(generations >= swaps_per_swapper, "{generations} swaps");
+    assert_eq!(shared.load_calls.load(SeqCst), 0, "only bulk loads ran");
+    worker.shutdown().await;
+}
+
+/// A loader whose calls wait for the test to open their key's gate.
+#[derive(Clone, Default)]
+struct Gated(Arc<GatedShared>);
+
+#[derive(Default)]
+struct GatedShared {
+    open: Mutex<HashSet<u32>>,
+    opened: tokio::sync::Notify,
+    loads: Mutex<HashMap<u32, u32>>,
+    in_flight: Mutex<HashMap<u32, u32>>,
+    most_in_flight: AtomicU32,
+}
+
+impl CacheWorker for Gated {
+    type Key = u32;
+    type Value = u64;
+    type Error = std::io::Error;
+
+    async fn load(&self, key: &u32) -> Result<Option<u64>, std::io::Error> {
+        let s = &self.0;
+        *s.loads.lock().entry(*key).or_default() += 1;
+        let now = {
+            let mut in_flight = s.in_flight.lock();
+            let n = in_flight.entry(*key).or_default();
+            *n += 1;
+            *n
+        };
+        s.most_in_flight.fetch_max(now, SeqCst);
+        loop {
+            let opened = s.opened.notified();
+            if s.open.lock().contains(key) {
+                break;
+            }
+            opened.await;
+        }
+        *s.in_flight.lock().entry(*key).or_default() -= 1;
+        Ok(Some(u64::from(*key) * 1_000 + 7))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_misses_of_one_key_share_one_load() {
+    const WAITERS: u64 = 64;
+    const AT_ONCE: u32 = 16;
+    let rounds = if long_run() { 200 } else { 20 };
+    let up = Gated::default();
+    let worker = Worker::builder(up.clone())
+        .bucket("coalesce")
+        .refresh(Duration::ZERO)
+        .start()
+        .await
+        .expect("start");
+    for round in 0..rounds {
+        let keys: Vec<u32> = (round * AT_ONCE..(round + 1) * AT_ONCE).collect();
+        let before = worker.stats();
+        let waiters: Vec<_> = keys
+            .iter()
+            .flat_map(|&key| (0..WAITERS).map(move |i| (key, i)))
+            .map(|(key, i)| {
+                let worker = worker.clone();
+                tokio::spawn(async move {
+                    if i % 2 == 0 {
+                        worker.fetch(&key).await.ok()
+                    } else {
+                        worker.get(&key).await
+                    }
+                })
+            })
+            .collect();
+        // Every waiter has found the flight of its key once all but one per key coalesced.
+        let expected = u64::from(AT_ONCE) * (WAITERS - 1);
+        for _ in 0..30_000 {
+            if worker.stats().coalesced - before.coalesced >= expected {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(worker.stats().coalesced - before.coalesced, expected);
+        up.0.open.lock().extend(keys.iter().copied());
+        up.0.opened.notify_waiters();
+        let mut values: HashMap<u32, Vec<Arc<u64>>> = HashMap::new();
+        for (n, waiter) in waiters.into_iter().enumerate() {
+            let key = keys[n / WAITERS as usize];
+            let value = waiter.await.expect("no waiter panics").expect("a value");
+            assert_eq!(*value, u64::from(key) * 1_000 + 7);
+            values.entry(key).or_default().push(value);
+        }
+        for (key, got) in &values {
+            assert_eq!(up.0.loads.lock()[key], 1, "key {key}: one load");
+            assert!(
+                got.iter().all(|v| Arc::ptr_eq(v, &got[0])),
+                "key {key}: every waiter shares the one loaded value"
+            );
+        }
+        let after = worker.stats();
+        assert_eq!(after.loads - before.loads, u64::from(AT_ONCE));
+        assert_eq!(after.misses - before.misses, u64::from(AT_ONCE) * WAITERS);
+    }
+    assert_eq!(up.0.most_in_flight.load(SeqCst), 1);
+    eprintln!(
+        "coalescing: {rounds} rounds x {AT_ONCE} keys x {WAITERS} concurrent misses → {} loads, {} coalesced",
+        worker.stats().loads,
+        worker.stats().coalesced
+    );
+    worker.shutdown().await;
+}
+
+/// A scripted upstream for the deterministic interleavings: each key's current value, and
+/// calls that the test holds until it lets them go.
+#[derive(Clone, Default)]
+struct Scripted(Arc<ScriptedShared>);
+
+#[derive(Default)]
+struct ScriptedShared {
+    upstream: Mutex<HashMap<u32, u64>>,
+    collection: Mutex<Option<Vec<(u32, u64)>>>,
+    /// The next load of this key reads upstream, says so on `entered`, then waits for `release`.
+    hold: Mutex<Option<u32>>,
+    entered: tokio::sync::Notify,
+    release: tokio::sync::Notify,
+    loads: AtomicU64,
+    in_flight: AtomicU32,
+    most_in_flight: AtomicU32,
+    /// Armed by a test: when `refresh_after` sees `key` get `value`, another thread writes
+    /// `insert` to the worker at that moment (between the store and its event).
+    trap: Mutex<Option<Trap>>,
+    handle: OnceLock<Worker<Scripted>>,
+}
+
+#[derive(Clone, Copy)]
+struct Trap {
+    key: u32,
+    value: u64,
+    insert: u64,
+}
+
+impl CacheWorker for Scripted {
+    type Key = u32;
+    type Value = u64;
+    type Error = std::io::Error;
+
+    async fn load(&self, key: &u32) -> Result<Option<u64>, std::io::Error> {
+        let s = &self.0;
+        s.loads.fetch_add(1, SeqCst);
+        let now = s.in_flight.fetch_add(1, SeqCst) + 1;
+        let _in_flight = InFlight(&s.in_flight);
+        s.most_in_flight.fetch_max(now, SeqCst);
+        let value = s.upstream.lock().get(key).copied();
+        let held = {
+            let mut hold = s.hold.lock();
+            if *hold == Some(*key) {
+                *hold = None;
+                true
+            } else {
+                false
+            }
+        };
+        if held {
+            let released = s.release.notified();
+            s.entered.notify_one();
+            released.await;
+        }
+        Ok(value)
+    }
+
+    async fn load_all(&self) -> Option<Result<Entries<Self>, std::io::Error>> {
+        self.0.collection.lock().clone().map(Ok)
+    }
+
+    fn refresh_after(&self, key: &u32, value: &u64) -> Option<Duration> {
+        let s = &self.0;
+        let sprung = {
+            let mut trap = s.trap.lock();
+            match *trap {
+                Some(t) if t.key == *key && t.value == *value => trap.take(),
+                _ => None,
+            }
+        };
+        if let Some(t) = sprung {
+            // The hook only pins the moment: the write comes from another thread, as it would
+            // from another task, and is given a bounded moment to land (the hook itself never
+            // writes to the worker, which its documentation forbids). A worker that holds its
+            // write order until the event is out makes the write wait instead, and it lands
+            // after: either way the events must replay to the bucket.
+            let worker = s.handle.get().expect("handle set").clone();
+            let (wrote, written) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                worker.insert(t.key, t.insert);
+                let _ = wrote.send(());
+            });
+            let _ = written.recv_timeout(Duration::from_secs(2));
+        }
+        None
+    }
+}
+
+async fn scripted(bulk: Option<Vec<(u32, u64)>>) -> (Scripted, Worker<Scripted>) {
+    let up = Scripted::default();
+    *up.0.collection.lock() = bulk;
+    let worker = Worker::builder(up.clone())
+        .bucket("scripted")
+        .refresh(Duration::ZERO)
+        .start()
+        .await
+        .expect("start");
+    let _ = up.0.handle.set(worker.clone());
+    (up, worker)
+}
+
+async fn drain(events: &mut cache_worker::EventStream<u32, u64>) -> Vec<Event<u32, u64>> {
+    let mut seen = Vec::new();
+    while let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(50), events.next()).await {
+        seen.push(e);
+    }
+    seen
+}
+
+/// The value a key ends with when its events are replayed in order.
+fn replayed(events: &[Event<u32, u64>], key: u32) -> Option<u64> {
+    let mut value = None;
+    for event in events {
+        match event {
+            Event::Inserted { key: k, value: v }
+            | Event::Updated {
+                key: k, value: v, ..
+            } if *k == key => {
+                value = Some(**v);
+            }
+            Event::Removed { key: k, .. } if *k == key => value = None,
+            _ => {}
+        }
+    }
+    value
+}
+
+/// Regression guard for a lost update: a refresh cycle's reload reads upstream, then the key
+/// is invalidated (upstream changed) and fetched again, loading the new value. The reload,
+/// finishing last, must not put its older value back over the newer one.
+#[tokio::test]
+async fn a_reload_begun_before_an_invalidate_does_not_overwrite_the_newer_load() {
+    let (up, worker) = scripted(None).await;
+    up.0.upstream.lock().insert(1, 100);
+    assert_eq!(worker.fetch(&1).await.ok().as_deref(), Some(&100));
+
+    *up.0.hold.lock() = Some(1);
+    let entered = up.0.entered.notified();
+    let cycle = tokio::spawn({
+        let worker = worker.clone();
+        async move { worker.refresh_all().await }
+    });
+    entered.await; // the reload has read 100 and waits
+
+    up.0.upstream.lock().insert(1, 200);
+    assert_eq!(worker.invalidate(&1).as_deref(), Some(&100));
+    assert_eq!(worker.fetch(&1).await.ok().as_deref(), Some(&200));
+
+    up.0.release.notify_one();
+    cycle.await.expect("join").expect("the cycle ends");
+    assert_eq!(
+        worker.peek(&1).as_deref(),
+        Some(&200),
+        "the reload that read upstream before the invalidate overwrote the value loaded after it"
+    );
+    worker.shutdown().await;
+}
+
+/// The same with an insert: a value written while a reload of the key was in flight is newer
+/// than what the reload read, and stays.
+#[tokio::test]
+async fn a_reload_begun_before_an_insert_does_not_overwrite_it() {
+    let (up, worker) = scripted(None).await;
+    up.0.upstream.lock().insert(1, 100);
+    assert_eq!(worker.fetch(&1).await.ok().as_deref(), Some(&100));
+
+    *up.0.hold.lock() = Some(1);
+    let entered = up.0.entered.notified();
+    let cycle = tokio::spawn({
+        let worker = worker.clone();
+        async move { worker.refresh_all().await }
+    });
+    entered.await;
+    worker.insert(1, 300);
+
+    up.0.release.notify_one();
+    cycle.await.expect("join").expect("the cycle ends");
+    assert_eq!(
+        worker.peek(&1).as_deref(),
+        Some(&300),
+        "the reload that read upstream before the insert overwrote it"
+    );
+    worker.shutdown().await;
+}
+
+/// The same for a miss: a value inserted while the miss loads is newer than what the load read.
+#[tokio::test]
+async fn a_load_begun_before_an_insert_does_not_overwrite_it() {
+    let (up, worker) = scripted(None).await;
+    up.0.upstream.lock().insert(1, 100);
+    *up.0.hold.lock() = Some(1);
+    let entered = up.0.entered.notified();
+    let fetch = tokio::spawn({
+        let worker = worker.clone();
+        async move { worker.fetch(&1).await }
+    });
+    entered.await; // the miss's load has read 100 and waits
+    worker.insert(1, 300);
+
+    up.0.release.notify_one();
+    fetch
+        .await
+        .expect("join")
+        .expect("the load answers its waiter");
+    assert_eq!(
+        worker.peek(&1).as_deref(),
+        Some(&300),
+        "the load that read upstream before the insert overwrote it"
+    );
+    worker.shutdown().await;
+}
+
+/// Events must come in the order of the writes they report: a write to a key made by another
+/// thread between a loaded value's store and its `Inserted` event must be reported after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_follow_the_order_of_writes_to_a_key() {
+    let (up, worker) = scripted(None).await;
+    up.0.upstream.lock().insert(1, 100);
+    *up.0.trap.lock() = Some(Trap {
+        key: 1,
+        value: 100,
+        insert: 500,
+    });
+    let mut events = worker.subscribe();
+    worker.fetch(&1).await.expect("loaded");
+    let seen = drain(&mut events).await;
+    assert!(up.0.trap.lock().is_none(), "the trap was sprung");
+    let now = worker.peek(&1).map(|v| *v);
+    assert_eq!(
+        replayed(&seen, 1),
+        now,
+        "replaying {seen:?} does not give what the bucket holds"
+    );
+    worker.shutdown().await;
+}
+
+/// The same for a bulk reload: a write made while the swap's events are being sent must be
+/// reported after the swap's event for that key, so that a subscriber's copy ends equal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_of_a_bulk_swap_and_a_concurrent_write_stay_in_order() {
+    let (up, worker) = scripted(Some(vec![(1, 10), (2, 20)])).await;
+    worker.refresh_all().await.expect("first collection");
+    assert_eq!(worker.peek(&1).as_deref(), Some(&10));
+    *up.0.collection.lock() = Some(vec![(1, 11), (2, 21)]);
+    *up.0.trap.lock() = Some(Trap {
+        key: 1,
+        value: 11,
+        insert: 600,
+    });
+    let mut events = worker.subscribe();
+    worker.refresh_all().await.expect("second collection");
+    let seen = drain(&mut events).await;
+    assert!(up.0.trap.lock().is_none(), "the trap was sprung");
+    let now = worker.peek(&1).map(|v| *v);
+    assert_eq!(
+        replayed(&seen, 1),
+        now,
+        "replaying {seen:?} does not give what the bucket holds"
+    );
+    worker.shutdown().await;
+}
