@@ -325,6 +325,9 @@ fn scaling(rows: &mut Vec<Row>, rt: &tokio::runtime::Runtime, n: usize) {
     rt.block_on(w.shutdown());
 }
 
+/// Takes one record to encode.
+type Push<'a> = dyn FnMut(&String, &Session) + 'a;
+
 fn dumps(rows: &mut Vec<Row>, rt: &tokio::runtime::Runtime, n: usize) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("sessions.dump");
@@ -365,26 +368,30 @@ fn dumps(rows: &mut Vec<Row>, rt: &tokio::runtime::Runtime, n: usize) {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64;
-    let t_base = (0..3)
-        .map(|_| {
-            let t = Instant::now();
-            let file = std::fs::File::create(&baseline_path).unwrap();
-            let mut out = std::io::BufWriter::with_capacity(1 << 16, &file);
-            for (k, v) in &values {
-                bincode::serde::encode_into_std_write(
-                    (k, v, loaded_at, u64::MAX),
-                    &mut out,
-                    bincode::config::standard(),
-                )
-                .unwrap();
-            }
-            out.flush().unwrap();
-            drop(out);
-            file.sync_all().unwrap();
-            t.elapsed()
-        })
-        .min()
-        .unwrap();
+    // Best of three: encode the records `each` hands out, write them through a buffer, fsync.
+    let encode_write_fsync = |each: &dyn Fn(&mut Push<'_>)| {
+        (0..3)
+            .map(|_| {
+                let t = Instant::now();
+                let file = std::fs::File::create(&baseline_path).unwrap();
+                let mut out = std::io::BufWriter::with_capacity(1 << 16, &file);
+                each(&mut |k, v| {
+                    bincode::serde::encode_into_std_write(
+                        (k, v, loaded_at, u64::MAX),
+                        &mut out,
+                        bincode::config::standard(),
+                    )
+                    .unwrap();
+                });
+                out.flush().unwrap();
+                drop(out);
+                file.sync_all().unwrap();
+                t.elapsed()
+            })
+            .min()
+            .unwrap()
+    };
+    let t_base = encode_write_fsync(&|push| values.iter().for_each(|(k, v)| push(k, v)));
     // The same encode, write and fsync, iterating a raw DashMap of the same entries instead of
     // a Vec: the floor for any design that keeps its entries in a hash map (hash order visits
     // the values' heap allocations at random, where the Vec is visited in allocation order).
@@ -392,26 +399,7 @@ fn dumps(rows: &mut Vec<Row>, rt: &tokio::runtime::Runtime, n: usize) {
     for (k, v) in &values {
         raw.insert(k.clone(), Arc::new(v.clone()));
     }
-    let t_map = (0..3)
-        .map(|_| {
-            let t = Instant::now();
-            let file = std::fs::File::create(&baseline_path).unwrap();
-            let mut out = std::io::BufWriter::with_capacity(1 << 16, &file);
-            for e in raw.iter() {
-                bincode::serde::encode_into_std_write(
-                    (e.key(), &**e.value(), loaded_at, u64::MAX),
-                    &mut out,
-                    bincode::config::standard(),
-                )
-                .unwrap();
-            }
-            out.flush().unwrap();
-            drop(out);
-            file.sync_all().unwrap();
-            t.elapsed()
-        })
-        .min()
-        .unwrap();
+    let t_map = encode_write_fsync(&|push| raw.iter().for_each(|e| push(e.key(), e.value())));
     drop(raw);
     rows.push(Row {
         target: "dump write vs encode + write + fsync",
