@@ -128,13 +128,44 @@ impl<K: Eq + Hash + Clone, V: PartialEq> Bucket<K, V> {
         }
     }
 
-    /// Like [`store`](Self::store), but only if the key is still present: a reload must not
-    /// bring back a key that was removed while it ran.
-    pub(crate) fn store_existing(&self, key: &K, entry: Entry<V>) -> Option<Change<V>> {
+    /// Like [`store`](Self::store), but only if the key still holds `basis`, the value a reload
+    /// started from: a reload must not bring back a key that was removed while it ran, nor
+    /// overwrite a value written while it ran.
+    pub(crate) fn store_existing(
+        &self,
+        key: &K,
+        entry: Entry<V>,
+        basis: &Arc<V>,
+    ) -> Option<Change<V>> {
         let _gate = self.writers.read();
         let map = self.map.load();
         let mut slot = map.get_mut(key)?;
+        if !Arc::ptr_eq(&slot.value, basis) {
+            return None;
+        }
         Some(Self::replace(&mut slot, entry))
+    }
+
+    /// Inserts only if the key is absent: a load that began on a miss must not overwrite a
+    /// value written while it ran.
+    pub(crate) fn store_vacant(&self, key: K, entry: Entry<V>) -> Option<Change<V>> {
+        let _gate = self.writers.read();
+        let map = self.map.load();
+        match map.entry(key) {
+            MapEntry::Occupied(_) => None,
+            MapEntry::Vacant(v) => {
+                v.insert(entry);
+                Some(Change::Inserted)
+            }
+        }
+    }
+
+    /// Removes the entry if it still holds `basis` (see [`store_existing`](Self::store_existing)).
+    pub(crate) fn remove_same(&self, key: &K, basis: &Arc<V>) -> Option<(K, Entry<V>)> {
+        let _gate = self.writers.read();
+        self.map
+            .load()
+            .remove_if(key, |_, e| Arc::ptr_eq(&e.value, basis))
     }
 
     fn replace(slot: &mut Entry<V>, mut entry: Entry<V>) -> Change<V> {

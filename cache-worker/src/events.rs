@@ -8,6 +8,7 @@ use futures_core::Stream;
 use tokio::sync::broadcast;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 /// Why an entry left the bucket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -101,18 +102,27 @@ impl<K: Clone, V> Clone for Event<K, V> {
 /// ends when the worker is dropped or shut down.
 pub struct EventStream<K, V> {
     inner: Option<BroadcastStream<Event<K, V>>>,
+    /// Ready once the worker has shut down: the stream ends when it has nothing queued.
+    closed: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
 }
 
 impl<K: Clone + Send + 'static, V: Send + Sync + 'static> EventStream<K, V> {
-    pub(crate) fn new(receiver: broadcast::Receiver<Event<K, V>>) -> Self {
+    pub(crate) fn new(
+        receiver: broadcast::Receiver<Event<K, V>>,
+        closed: CancellationToken,
+    ) -> Self {
         EventStream {
             inner: Some(BroadcastStream::new(receiver)),
+            closed: Some(Box::pin(closed.cancelled_owned())),
         }
     }
 
     /// A stream that ends at once: what a process-wide worker that is not running gives.
     pub(crate) fn ended() -> Self {
-        EventStream { inner: None }
+        EventStream {
+            inner: None,
+            closed: None,
+        }
     }
 }
 
@@ -129,7 +139,18 @@ impl<K: Clone + Send + 'static, V: Send + Sync + 'static> Stream for EventStream
                 Poll::Ready(Some(Event::Lagged { missed }))
             }
             Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                let closed = self
+                    .closed
+                    .as_mut()
+                    .is_some_and(|closed| closed.as_mut().poll(cx).is_ready());
+                if closed {
+                    self.inner = None;
+                    Poll::Ready(None)
+                } else {
+                    Poll::Pending
+                }
+            }
         }
     }
 }

@@ -204,7 +204,7 @@ impl<W: CacheWorker> Worker<W> {
     /// A stream of the bucket's changes from now on. See [`EventStream`] for what a
     /// subscriber that falls behind gets.
     pub fn subscribe(&self) -> EventStream<W::Key, W::Value> {
-        EventStream::new(self.inner.events.subscribe())
+        EventStream::new(self.inner.events.subscribe(), self.inner.closed.clone())
     }
 
     /// A snapshot of the counters.
@@ -230,35 +230,41 @@ impl<W: CacheWorker> Worker<W> {
 
     /// Stops refreshing, waits for in-flight loads (up to the shutdown timeout), and writes the
     /// final dump. Reads from the bucket still work afterwards; misses no longer load.
-    /// Calling it again does nothing.
+    /// Every call returns once that is done: a second call, or one made at the same time,
+    /// waits for the first; if the first was dropped part-way, the next one finishes it.
     pub async fn shutdown(&self) {
         let inner = &self.inner;
-        if !inner.running.swap(false, Ordering::AcqRel) {
-            return;
-        }
-        let bucket = inner.bucket_name();
-        tracing::info!(bucket, "shutting down");
-        inner.cancel.cancel();
-        let deadline = tokio::time::Instant::now() + inner.settings.shutdown_timeout;
-        inner.loads.close();
-        if tokio::time::timeout_at(deadline, inner.loads.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                bucket,
-                timeout = ?inner.settings.shutdown_timeout,
-                "loads still running at the shutdown timeout; writing the final dump without them"
-            );
-        }
-        let tasks = std::mem::take(&mut *inner.background.lock());
-        for task in tasks {
-            let _ = tokio::time::timeout_at(deadline, task).await;
-        }
-        // Logged and counted inside; the previous dump stays.
-        let _ = dump::write(inner).await;
-        tracing::info!(bucket, "shut down");
+        inner.shut_down.get_or_init(|| shut_down(inner)).await;
     }
+}
+
+/// Stops the background work, waits for loads (up to the shutdown timeout) and writes the
+/// final dump. Run to the end once, by the first `shutdown` that is not dropped part-way.
+async fn shut_down<W: CacheWorker>(inner: &Arc<Inner<W>>) {
+    inner.running.store(false, Ordering::Release);
+    let bucket = inner.bucket_name();
+    tracing::info!(bucket, "shutting down");
+    inner.cancel.cancel();
+    let deadline = tokio::time::Instant::now() + inner.settings.shutdown_timeout;
+    inner.loads.close();
+    if tokio::time::timeout_at(deadline, inner.loads.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            bucket,
+            timeout = ?inner.settings.shutdown_timeout,
+            "loads still running at the shutdown timeout; writing the final dump without them"
+        );
+    }
+    let tasks = std::mem::take(&mut *inner.background.lock());
+    for task in tasks {
+        let _ = tokio::time::timeout_at(deadline, task).await;
+    }
+    // Logged and counted inside; the previous dump stays.
+    let _ = dump::write(inner).await;
+    inner.closed.cancel();
+    tracing::info!(bucket, "shut down");
 }
 
 /// Configures and starts a [`Worker`]. Settings cascade, lowest first: defaults < the

@@ -44,11 +44,18 @@ pub(crate) struct Inner<W: CacheWorker> {
     pub(crate) cancel: CancellationToken,
     /// The spawned loads, so that shutdown can wait for them.
     pub(crate) loads: TaskTracker,
+    /// Held from a change to the bucket until its event is sent, so that subscribers get the
+    /// changes of each key in the order they were made.
+    pub(crate) write_order: parking_lot::Mutex<()>,
     /// Set by every change, cleared by the dump writer.
     pub(crate) dirty: AtomicBool,
     pub(crate) dump_wanted: Notify,
     /// One dump write at a time.
     pub(crate) dump_lock: tokio::sync::Mutex<()>,
+    /// Set once a shutdown has finished, final dump included; later callers wait for it.
+    pub(crate) shut_down: tokio::sync::OnceCell<()>,
+    /// Cancelled once a shutdown has finished: subscribers' streams end.
+    pub(crate) closed: CancellationToken,
     /// The refresher's supervisor and the dump writer, joined on shutdown.
     pub(crate) background: parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
@@ -78,9 +85,12 @@ impl<W: CacheWorker> Inner<W> {
             running: AtomicBool::new(false),
             cancel: CancellationToken::new(),
             loads: TaskTracker::new(),
+            write_order: parking_lot::Mutex::new(()),
             dirty: AtomicBool::new(false),
             dump_wanted: Notify::new(),
             dump_lock: tokio::sync::Mutex::new(()),
+            shut_down: tokio::sync::OnceCell::new(),
+            closed: CancellationToken::new(),
             background: parking_lot::Mutex::new(Vec::new()),
             settings,
         }
@@ -110,20 +120,65 @@ impl<W: CacheWorker> Inner<W> {
     /// Stores a value (inserting the key if needed) and reports the change.
     pub(crate) fn store(&self, key: Key<W>, value: Arc<Value<W>>, source: Source) {
         let entry = self.entry_now(&key, value.clone());
+        let order = self.write_order.lock();
         let change = self.bucket.store(key.clone(), entry);
-        self.after_change(key, value, change, source);
+        self.after_change(key.clone(), value.clone(), change, source);
+        drop(order);
+        self.schedule(&key, &value);
     }
 
-    /// Stores a reloaded value only if the key is still present; false if it was not.
-    pub(crate) fn store_reloaded(&self, key: Key<W>, value: Arc<Value<W>>) -> Option<bool> {
+    /// Stores a value loaded on a miss, unless the key got a value while it loaded.
+    pub(crate) fn store_loaded(&self, key: Key<W>, value: Arc<Value<W>>) {
         let entry = self.entry_now(&key, value.clone());
-        let change = self.bucket.store_existing(&key, entry)?;
+        let order = self.write_order.lock();
+        let Some(change) = self.bucket.store_vacant(key.clone(), entry) else {
+            return;
+        };
+        self.after_change(key.clone(), value.clone(), change, Source::Load);
+        drop(order);
+        self.schedule(&key, &value);
+    }
+
+    /// Stores a reloaded value only if the key still holds `basis`, the value the reload
+    /// started from; `None` if it was removed or written meanwhile.
+    pub(crate) fn store_reloaded(
+        &self,
+        key: Key<W>,
+        value: Arc<Value<W>>,
+        basis: &Arc<Value<W>>,
+    ) -> Option<bool> {
+        let entry = self.entry_now(&key, value.clone());
+        let order = self.write_order.lock();
+        let change = self.bucket.store_existing(&key, entry, basis)?;
         let changed = !matches!(change, Change::Unchanged);
-        self.after_change(key, value, change, Source::Refresh);
+        self.after_change(key.clone(), value.clone(), change, Source::Refresh);
+        drop(order);
+        self.schedule(&key, &value);
         Some(changed)
     }
 
-    /// Counts, traces, schedules, marks the dump dirty and emits the event of one change.
+    /// Removes a key a reload found gone upstream, unless it was written meanwhile.
+    pub(crate) fn remove_reloaded(&self, key: &Key<W>, basis: &Arc<Value<W>>) -> bool {
+        let _order = self.write_order.lock();
+        let Some((key, entry)) = self.bucket.remove_same(key, basis) else {
+            return false;
+        };
+        self.after_remove(key, entry.value, RemovalCause::Gone);
+        true
+    }
+
+    /// Removes the key if its expiry is at or before `now`.
+    pub(crate) fn remove_expired(&self, key: &Key<W>, now: u64) -> bool {
+        let _order = self.write_order.lock();
+        let Some(entry) = self.bucket.remove_expired(key, now) else {
+            return false;
+        };
+        self.after_remove(key.clone(), entry.value, RemovalCause::Expired);
+        true
+    }
+
+    /// Counts, traces, marks the dump dirty and emits the event of one change. Called with
+    /// `write_order` held; the caller then calls [`schedule`](Self::schedule) without it.
     pub(crate) fn after_change(
         &self,
         key: Key<W>,
@@ -131,7 +186,6 @@ impl<W: CacheWorker> Inner<W> {
         change: Change<Value<W>>,
         source: Source,
     ) {
-        self.schedule(&key, &value);
         let bucket = self.bucket_name();
         match change {
             Change::Unchanged => {
@@ -175,13 +229,14 @@ impl<W: CacheWorker> Inner<W> {
         Key<W>: std::borrow::Borrow<Q>,
         Q: std::hash::Hash + Eq + ?Sized,
     {
+        let _order = self.write_order.lock();
         let (key, entry) = self.bucket.remove(key)?;
         self.after_remove(key, entry.value.clone(), cause);
         Some(entry.value)
     }
 
     /// Tells the refresher about an entry with its own refresh interval or expiry.
-    fn schedule(&self, key: &Key<W>, value: &Value<W>) {
+    pub(crate) fn schedule(&self, key: &Key<W>, value: &Value<W>) {
         let timed =
             self.refresh_after(key, value).is_some() || self.expire_after(key, value).is_some();
         if timed {

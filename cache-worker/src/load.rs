@@ -10,7 +10,7 @@ use dashmap::mapref::entry::Entry as MapEntry;
 use futures_util::FutureExt;
 
 use crate::error::panic_message;
-use crate::inner::{Flight, Inner, Key, Source, Value};
+use crate::inner::{Flight, Inner, Key, Value};
 use crate::stats::bump;
 use crate::{CacheWorker, FetchError};
 
@@ -114,7 +114,8 @@ fn spawn_load<W: CacheWorker>(inner: Arc<Inner<W>>, key: Key<W>) -> Flight<Value
                 Ok(Some(value)) => {
                     let value = Arc::new(value);
                     if inner.settings.cache_enabled {
-                        inner.store(key.clone(), value.clone(), Source::Load);
+                        // Unless the key got a value while this loaded: that write is newer.
+                        inner.store_loaded(key.clone(), value.clone());
                     }
                     Ok(value)
                 }

@@ -79,7 +79,7 @@ enum Reloaded {
     Unchanged,
     Gone,
     Failed,
-    /// The key was removed while it reloaded; the result was dropped.
+    /// The key was removed or written while it reloaded; the result was dropped.
     Vanished,
 }
 
@@ -287,10 +287,9 @@ impl<W: CacheWorker> Refresher<W> {
     fn expire(&mut self, key: &Key<W>) {
         let inner = &self.inner;
         let now = inner.clock.now_ms();
-        if let Some(entry) = inner.bucket.remove_expired(key, now) {
+        if inner.remove_expired(key, now) {
             self.attempts.remove(key);
             self.refresh.clear(key);
-            inner.after_remove(key.clone(), entry.value, RemovalCause::Expired);
         } else {
             // Reloaded with a later deadline meanwhile, or the timer fired a hair early.
             self.schedule(key);
@@ -357,16 +356,19 @@ async fn reload<W: CacheWorker>(inner: &Inner<W>, key: Key<W>) -> Reloaded {
     let Ok(_permit) = inner.limiter.acquire().await else {
         return Reloaded::Vanished;
     };
+    // What this reload revalidates: if the entry is removed or written while it runs, the
+    // result is older than the bucket and is dropped.
+    let Some(basis) = inner.bucket.peek(&key) else {
+        return Reloaded::Vanished;
+    };
     match load_one(inner, &key).await {
-        Ok(Some(value)) => match inner.store_reloaded(key, Arc::new(value)) {
+        Ok(Some(value)) => match inner.store_reloaded(key, Arc::new(value), &basis) {
             Some(true) => Reloaded::Changed,
             Some(false) => Reloaded::Unchanged,
             None => Reloaded::Vanished,
         },
-        Ok(None) => match inner.remove(&key, RemovalCause::Gone) {
-            Some(_) => Reloaded::Gone,
-            None => Reloaded::Vanished,
-        },
+        Ok(None) if inner.remove_reloaded(&key, &basis) => Reloaded::Gone,
+        Ok(None) => Reloaded::Vanished,
         Err(_) => {
             bump(&inner.stats.refresh_failures);
             Reloaded::Failed
@@ -489,18 +491,25 @@ fn replace_all<W: CacheWorker>(
         })
         .filter(|(_, entry)| entry.expires_at > entry.loaded_at)
         .collect();
+    let order = inner.write_order.lock();
     let diff = inner.bucket.replace_all(entries);
+    let mut stored = Vec::with_capacity(diff.changes.len());
     for (key, value, change) in diff.changes {
         match change {
             Change::Inserted => report.inserted += 1,
             Change::Updated { .. } => report.updated += 1,
             Change::Unchanged => report.unchanged += 1,
         }
+        stored.push((key.clone(), value.clone()));
         inner.after_change(key, value, change, Source::Refresh);
     }
     report.removed = diff.removed.len();
     for (key, value) in diff.removed {
         inner.after_remove(key, value, RemovalCause::Gone);
+    }
+    drop(order);
+    for (key, value) in stored {
+        inner.schedule(&key, &value);
     }
     Cycle {
         report,
