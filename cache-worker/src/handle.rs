@@ -161,12 +161,16 @@ impl<W: CacheWorker> Worker<W> {
     }
 
     /// Removes `key` (`Removed { cause: Invalidated }`) and returns its value, if it had one.
+    ///
+    /// A load of the key already in flight may have read upstream before the change this
+    /// announces: its waiters still get its value, but it is not stored, and the next read
+    /// loads again. A reload by the refresher that began before is dropped the same way.
     pub fn invalidate<Q>(&self, key: &Q) -> Option<Arc<W::Value>>
     where
         W::Key: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.inner.remove(key, crate::RemovalCause::Invalidated)
+        self.inner.invalidate(key)
     }
 
     /// Every key in the bucket now, in no particular order.
@@ -257,10 +261,13 @@ async fn shut_down<W: CacheWorker>(inner: &Arc<Inner<W>>) {
             "loads still running at the shutdown timeout; writing the final dump without them"
         );
     }
-    let tasks = std::mem::take(&mut *inner.background.lock());
-    for task in tasks {
+    let mut tasks = inner.background.lock().await;
+    while let Some(task) = tasks.last_mut() {
+        // Popped only once joined or given up on: a shutdown dropped here leaves it to the next.
         let _ = tokio::time::timeout_at(deadline, task).await;
+        tasks.pop();
     }
+    drop(tasks);
     // Logged and counted inside; the previous dump stays.
     let _ = dump::write(inner).await;
     inner.closed.cancel();
@@ -426,7 +433,7 @@ impl<W: CacheWorker> Builder<W> {
         inner.running.store(true, Ordering::Release);
         let supervisor = refresh::supervise(inner.clone());
         let writer = dump::spawn_writer(inner.clone());
-        inner.background.lock().extend([supervisor, writer]);
+        inner.background.lock().await.extend([supervisor, writer]);
         tracing::info!(
             bucket = inner.bucket_name(),
             entries = inner.bucket.len(),

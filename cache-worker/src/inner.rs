@@ -25,12 +25,21 @@ pub(crate) type Key<W> = <W as CacheWorker>::Key;
 pub(crate) type Value<W> = <W as CacheWorker>::Value;
 pub(crate) type Flight<V> = Shared<BoxFuture<'static, Result<Arc<V>, FetchError>>>;
 
+/// A load in flight for a miss: the future its waiters share, and a flag an invalidate sets
+/// when it lands while the load runs.
+pub(crate) struct InFlight<V> {
+    pub(crate) flight: Flight<V>,
+    /// Set by an invalidate of the key: the load may have read upstream before the change
+    /// the invalidate announces, so its value is handed to its waiters but not stored.
+    pub(crate) stale: Arc<AtomicBool>,
+}
+
 pub(crate) struct Inner<W: CacheWorker> {
     pub(crate) state: W,
     pub(crate) settings: Settings,
     pub(crate) bucket: Bucket<Key<W>, Value<W>>,
     /// Loads in flight, one per key: later misses of the key wait on the same one.
-    pub(crate) flights: DashMap<Key<W>, Flight<Value<W>>, Hasher>,
+    pub(crate) flights: DashMap<Key<W>, InFlight<Value<W>>, Hasher>,
     pub(crate) stats: Counters,
     pub(crate) events: broadcast::Sender<Event<Key<W>, Value<W>>>,
     pub(crate) clock: Clock,
@@ -56,8 +65,9 @@ pub(crate) struct Inner<W: CacheWorker> {
     pub(crate) shut_down: tokio::sync::OnceCell<()>,
     /// Cancelled once a shutdown has finished: subscribers' streams end.
     pub(crate) closed: CancellationToken,
-    /// The refresher's supervisor and the dump writer, joined on shutdown.
-    pub(crate) background: parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// The refresher's supervisor and the dump writer, joined on shutdown. An async lock, held
+    /// while they are joined, so that a shutdown dropped part-way leaves the rest to the next.
+    pub(crate) background: tokio::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 /// Where a write came from, for tracing.
@@ -91,7 +101,7 @@ impl<W: CacheWorker> Inner<W> {
             dump_lock: tokio::sync::Mutex::new(()),
             shut_down: tokio::sync::OnceCell::new(),
             closed: CancellationToken::new(),
-            background: parking_lot::Mutex::new(Vec::new()),
+            background: tokio::sync::Mutex::new(Vec::new()),
             settings,
         }
     }
@@ -127,10 +137,14 @@ impl<W: CacheWorker> Inner<W> {
         self.schedule(&key, &value);
     }
 
-    /// Stores a value loaded on a miss, unless the key got a value while it loaded.
-    pub(crate) fn store_loaded(&self, key: Key<W>, value: Arc<Value<W>>) {
+    /// Stores a value loaded on a miss, unless the key got a value or was invalidated while it
+    /// loaded (`stale`): that write is newer.
+    pub(crate) fn store_loaded(&self, key: Key<W>, value: Arc<Value<W>>, stale: &AtomicBool) {
         let entry = self.entry_now(&key, value.clone());
         let order = self.write_order.lock();
+        if stale.load(Ordering::Relaxed) {
+            return;
+        }
         let Some(change) = self.bucket.store_vacant(key.clone(), entry) else {
             return;
         };
@@ -224,14 +238,20 @@ impl<W: CacheWorker> Inner<W> {
         self.emit(|| Event::Removed { key, cause, value });
     }
 
-    pub(crate) fn remove<Q>(&self, key: &Q, cause: RemovalCause) -> Option<Arc<Value<W>>>
+    /// Removes the key, and detaches a load of it in flight: its waiters still get its value,
+    /// but it is not stored, and the next read loads again.
+    pub(crate) fn invalidate<Q>(&self, key: &Q) -> Option<Arc<Value<W>>>
     where
         Key<W>: std::borrow::Borrow<Q>,
         Q: std::hash::Hash + Eq + ?Sized,
     {
         let _order = self.write_order.lock();
+        if let Some((_, in_flight)) = self.flights.remove(key) {
+            // Read under `write_order` by the load before it stores.
+            in_flight.stale.store(true, Ordering::Relaxed);
+        }
         let (key, entry) = self.bucket.remove(key)?;
-        self.after_remove(key, entry.value.clone(), cause);
+        self.after_remove(key, entry.value.clone(), RemovalCause::Invalidated);
         Some(entry.value)
     }
 

@@ -4,13 +4,14 @@
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use dashmap::mapref::entry::Entry as MapEntry;
 use futures_util::FutureExt;
 
 use crate::error::panic_message;
-use crate::inner::{Flight, Inner, Key, Value};
+use crate::inner::{InFlight, Inner, Key, Value};
 use crate::stats::bump;
 use crate::{CacheWorker, FetchError};
 
@@ -84,15 +85,16 @@ pub(crate) async fn fetch<W: CacheWorker>(
     let flight = match inner.flights.entry(key.clone()) {
         MapEntry::Occupied(o) => {
             bump(&inner.stats.coalesced);
-            o.get().clone()
+            o.get().flight.clone()
         }
         MapEntry::Vacant(v) => {
             // A load of this key may have finished between the miss and taking this slot.
             if cached && let Some(value) = inner.bucket.peek(key) {
                 return Ok(value);
             }
-            let flight = spawn_load(inner.clone(), key.clone());
-            v.insert(flight.clone());
+            let in_flight = spawn_load(inner.clone(), key.clone());
+            let flight = in_flight.flight.clone();
+            v.insert(in_flight);
             flight
         }
     };
@@ -101,21 +103,24 @@ pub(crate) async fn fetch<W: CacheWorker>(
 
 /// Starts a load on its own task, so that no waiter's cancellation cancels it, and returns a
 /// future every waiter can share.
-fn spawn_load<W: CacheWorker>(inner: Arc<Inner<W>>, key: Key<W>) -> Flight<Value<W>> {
+fn spawn_load<W: CacheWorker>(inner: Arc<Inner<W>>, key: Key<W>) -> InFlight<Value<W>> {
+    let stale = Arc::new(AtomicBool::new(false));
     let task = inner.loads.spawn({
         let inner = inner.clone();
+        let stale = stale.clone();
         async move {
             // Dropped after the store, or while unwinding: the key never stays stuck in flight.
             let _landing = Landing {
                 inner: &*inner,
                 key: &key,
+                stale: &stale,
             };
             match load_one(&inner, &key).await {
                 Ok(Some(value)) => {
                     let value = Arc::new(value);
                     if inner.settings.cache_enabled {
                         // Unless the key got a value while this loaded: that write is newer.
-                        inner.store_loaded(key.clone(), value.clone());
+                        inner.store_loaded(key.clone(), value.clone(), &stale);
                     }
                     Ok(value)
                 }
@@ -124,7 +129,7 @@ fn spawn_load<W: CacheWorker>(inner: Arc<Inner<W>>, key: Key<W>) -> Flight<Value
             }
         }
     });
-    async move {
+    let flight = async move {
         match task.await {
             Ok(result) => result,
             Err(join) if join.is_panic() => {
@@ -135,17 +140,23 @@ fn spawn_load<W: CacheWorker>(inner: Arc<Inner<W>>, key: Key<W>) -> Flight<Value
         }
     }
     .boxed()
-    .shared()
+    .shared();
+    InFlight { flight, stale }
 }
 
 /// Ends a flight: a later miss of the key finds the stored value or starts a new load.
 struct Landing<'a, W: CacheWorker> {
     inner: &'a Inner<W>,
     key: &'a Key<W>,
+    /// This flight's own flag, which tells it from a newer flight of the key started after an
+    /// invalidate detached this one.
+    stale: &'a Arc<AtomicBool>,
 }
 
 impl<W: CacheWorker> Drop for Landing<'_, W> {
     fn drop(&mut self) {
-        self.inner.flights.remove(self.key);
+        self.inner
+            .flights
+            .remove_if(self.key, |_, f| Arc::ptr_eq(&f.stale, self.stale));
     }
 }
