@@ -56,6 +56,7 @@ mod events;
 mod handle;
 mod inner;
 mod load;
+mod prefetch;
 mod refresh;
 mod slot;
 mod stats;
