@@ -15,7 +15,7 @@ use crate::Error;
 use crate::bucket::{Entry, Hasher, Map};
 use crate::codec::{self, DecodeError, ReadError};
 use crate::inner::{Inner, Key, Value};
-use crate::prefetch::prefetch;
+use crate::prefetch::{prefetch, prefetch_serialized};
 use crate::stats::bump;
 
 /// Writes the bucket to its dump file now. Readers never wait: the records are encoded on a
@@ -90,14 +90,20 @@ where
         let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
         let mut count = 0;
         codec::write(&mut file, bucket, schema, |records| {
-            // The map is visited in hash order, so every value is a cache miss: ask for the
-            // value a few entries ahead while this one is encoded (1.6x faster on 1M entries
-            // of ~70 bytes). The entries held meanwhile keep their shards' read locks a little
+            // The map is visited in hash order, so every value is a cache miss, and so is
+            // every string in it: prefetch each value's allocation LOOKAHEAD entries ahead of
+            // the one being encoded, and halfway there walk it for its strings (see
+            // `prefetch`). The entries held meanwhile keep their shards' read locks a little
             // longer, which readers share.
             let mut ahead = VecDeque::with_capacity(LOOKAHEAD + 1);
             for e in map.iter() {
                 prefetch(&*e.value().value);
                 ahead.push_back(e);
+                if let Some(half) = ahead.len().checked_sub(LOOKAHEAD / 2 + 1) {
+                    let e = &ahead[half];
+                    prefetch_serialized(e.key());
+                    prefetch_serialized(&*e.value().value);
+                }
                 if ahead.len() > LOOKAHEAD
                     && let Some(e) = ahead.pop_front()
                 {
@@ -123,7 +129,7 @@ where
 }
 
 /// How many entries ahead of the one being encoded a dump write prefetches.
-const LOOKAHEAD: usize = 8;
+const LOOKAHEAD: usize = 16;
 
 /// `.<file name>.tmp.`: the start of every temp file of a dump.
 fn temp_prefix(name: &std::ffi::OsStr) -> std::ffi::OsString {
