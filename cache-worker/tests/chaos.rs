@@ -15,6 +15,8 @@
 //! default run makes at least 10,000 loader calls per test; `CACHE_WORKER_LONG=1` makes
 //! 200,000.
 
+mod common;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
@@ -26,13 +28,11 @@ use futures_util::StreamExt;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
+use common::{Problems, Rng, long_run};
+
 const KEYS: u32 = 64;
 const LOAD_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_SEED: u64 = 0x5EED_C4A0_5000_0001;
-
-fn long_run() -> bool {
-    std::env::var("CACHE_WORKER_LONG").as_deref() == Ok("1")
-}
 
 fn target_loads() -> u64 {
     if long_run() { 200_000 } else { 10_000 }
@@ -49,37 +49,6 @@ fn seed() -> u64 {
         None => text.parse(),
     };
     parsed.expect("CACHE_WORKER_SEED is a number")
-}
-
-/// splitmix64: a tiny seeded generator, so that no crate is needed and failures reproduce.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Rng(seed)
-    }
-
-    /// The generator for one decision, from independent parts (seed, key, call number).
-    fn of(parts: &[u64]) -> Self {
-        let mut rng = Rng(0);
-        for part in parts {
-            rng.0 ^= *part;
-            rng.next();
-        }
-        rng
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
 }
 
 /// A value that names its key and which of the loader's answers for that key it was.
@@ -374,26 +343,9 @@ fn quiet_chaos_panics() {
     });
 }
 
-/// What readers saw that they must not have.
-#[derive(Default)]
-struct Violations(Mutex<Vec<String>>);
-
-impl Violations {
-    fn push(&self, what: String) {
-        let mut all = self.0.lock();
-        if all.len() < 50 {
-            all.push(what);
-        }
-    }
-
-    fn take(&self) -> Vec<String> {
-        std::mem::take(&mut *self.0.lock())
-    }
-}
-
 /// Checks one `fetch` result: a value the loader returned for this key, or an error that
 /// names this key.
-fn check_fetch(shared: &Shared, bad: &Violations, key: u32, result: &Result<Arc<Val>, FetchError>) {
+fn check_fetch(shared: &Shared, bad: &Problems, key: u32, result: &Result<Arc<Val>, FetchError>) {
     let names_key = |text: &str| text.contains(&format!("key={key};"));
     match result {
         Ok(value) if shared.was_returned(key, value) => {}
@@ -418,7 +370,7 @@ struct Replay {
 }
 
 impl Replay {
-    fn apply(&mut self, shared: &Shared, bad: &Violations, event: Event<u32, Val>) {
+    fn apply(&mut self, shared: &Shared, bad: &Problems, event: Event<u32, Val>) {
         match event {
             Event::Inserted { key, value } => {
                 self.entry_events += 1;
@@ -475,7 +427,7 @@ async fn run_chaos(bulk: bool) {
     let target = target_loads();
     let began = tokio::time::Instant::now();
     let shared = Shared::new(seed, bulk);
-    let bad = Arc::new(Violations::default());
+    let bad = Arc::new(Problems::new(50));
     let worker = Worker::builder(Chaos(shared.clone()))
         .bucket(if bulk { "chaos-bulk" } else { "chaos" })
         .no_file()

@@ -21,6 +21,8 @@
 //! thread at the moment the `refresh_after` hook sees a value) are the deliverable.
 //! `CACHE_WORKER_LONG=1` runs ten times as many operations.
 
+mod common;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, OnceLock};
@@ -31,44 +33,22 @@ use futures_util::StreamExt;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
+use common::{Problems, Rng, long_run};
+
 const KEYS: u32 = 256;
 /// Half of all operations go to these few keys, so that they collide.
 const HOT: u32 = 16;
 const TASKS: u64 = 64;
 const SEED: u64 = 0x57E5_5000_0000_0001;
 
-fn long_run() -> bool {
-    std::env::var("CACHE_WORKER_LONG").as_deref() == Ok("1")
-}
-
 fn ops_per_task() -> u64 {
     if long_run() { 10_000 } else { 1_000 }
 }
 
-/// splitmix64, as in chaos.rs.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Rng(seed)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn key(&mut self) -> u32 {
-        let range = if self.below(2) == 0 { HOT } else { KEYS };
-        self.below(u64::from(range)) as u32
-    }
+/// Half of the keys drawn are among the few hot ones, so that operations collide.
+fn draw_key(rng: &mut Rng) -> u32 {
+    let range = if rng.below(2) == 0 { HOT } else { KEYS };
+    rng.below(u64::from(range)) as u32
 }
 
 /// Where a value came from; a bulk value names its collection's generation.
@@ -390,23 +370,6 @@ impl CacheWorker for Stress {
     }
 }
 
-/// What went wrong, collected from every task (a panic in a task would hide the others).
-#[derive(Default)]
-struct Problems(Mutex<Vec<String>>);
-
-impl Problems {
-    fn push(&self, what: String) {
-        let mut all = self.0.lock();
-        if all.len() < 40 {
-            all.push(what);
-        }
-    }
-
-    fn take(&self) -> Vec<String> {
-        std::mem::take(&mut *self.0.lock())
-    }
-}
-
 /// One task's view: reads it made, and the newest bulk generation it has seen.
 struct Reader<'a> {
     shared: &'a Shared,
@@ -463,7 +426,7 @@ async fn mixed_task(
         reads: 0,
     };
     for _ in 0..ops_per_task() {
-        let key = rng.key();
+        let key = draw_key(&mut rng);
         match rng.below(100) {
             0..30 => {
                 let fetched = worker.fetch(&key).await;
@@ -661,7 +624,7 @@ fn differences(copy: &HashMap<u32, Arc<Val>>, bucket: &HashMap<u32, Arc<Val>>) -
 /// below).
 async fn run_mixed(bulk: bool) {
     let shared = Shared::new(SEED ^ u64::from(bulk), bulk);
-    let problems = Arc::new(Problems::default());
+    let problems = Arc::new(Problems::new(40));
     let tally = Arc::new(Tally::default());
     let worker = Worker::builder(Stress(shared.clone()))
         .bucket(if bulk { "stress-bulk" } else { "stress" })
@@ -830,7 +793,7 @@ async fn readers_never_see_a_mix_of_two_collections() {
     shared.ready.store(true, SeqCst);
     let swaps_per_swapper = if long_run() { 1_500 } else { 150 };
     let done = Arc::new(AtomicBool::new(false));
-    let problems = Arc::new(Problems::default());
+    let problems = Arc::new(Problems::new(40));
     let straddled = Arc::new(AtomicU64::new(0));
     let checks = Arc::new(AtomicU64::new(0));
 
