@@ -37,8 +37,8 @@ fn lines(start: *const u8, len: usize) {
     for line in 0..len.div_ceil(LINE).clamp(1, MAX_LINES) {
         use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
         // SAFETY: a prefetch is a hint: it never faults and never reads into the program,
-        // whatever the address (here it is inside an object the caller holds a reference to,
-        // or at most a few lines past a short one). SSE is part of every x86_64 target.
+        // whatever the address (here each line starts inside an object the caller holds a
+        // reference to, or at it if the object is empty). SSE is part of every x86_64 target.
         #[allow(unsafe_code)]
         unsafe {
             _mm_prefetch::<_MM_HINT_T0>(start.wrapping_add(line * LINE).cast());
@@ -259,8 +259,8 @@ mod tests {
 
     use super::*;
 
-    /// The walk goes through every shape serde has without failing, and touches nothing it
-    /// should not (Miri or a sanitizer would see a read out of bounds; a prefetch is not one).
+    /// The walk goes through every shape serde has (scalars, options, units, newtypes,
+    /// tuples, sequences, maps, structs and each kind of enum variant) without failing.
     #[test]
     fn every_serde_shape_is_walked() {
         #[derive(Serialize)]
