@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use cache_worker::{CacheWorker, Worker};
+use cache_worker::{Builder, CacheWorker, Worker};
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 
@@ -77,6 +77,23 @@ impl CacheWorker for Bench {
         let value = session(n);
         *self.returned.lock() = Some(Instant::now());
         Ok(Some(value))
+    }
+}
+
+/// A worker of `loader` with no periodic refresh, started on `rt`, `configure`d first.
+fn started(
+    rt: &tokio::runtime::Runtime,
+    loader: Bench,
+    configure: impl FnOnce(Builder<Bench>) -> Builder<Bench>,
+) -> Worker<Bench> {
+    rt.block_on(configure(Worker::builder(loader).refresh(Duration::ZERO)).start())
+        .unwrap()
+}
+
+/// Inserts entries `0..n` (`key(i)` → `session(i)`).
+fn fill(w: &Worker<Bench>, n: usize) {
+    for i in 0..n {
+        w.insert(key(i), session(i));
     }
 }
 
@@ -158,14 +175,7 @@ fn reads(rows: &mut Vec<Row>, rt: &tokio::runtime::Runtime, n: usize) {
     let raw: DashMap<String, Arc<Session>> = DashMap::new();
     let moka = moka::sync::Cache::<String, Arc<Session>>::new(n as u64 * 2);
     let quick = quick_cache::sync::Cache::<String, Arc<Session>>::new(n * 2);
-    let w = rt
-        .block_on(
-            Worker::builder(bench_worker(Duration::ZERO))
-                .bucket("reads")
-                .refresh(Duration::ZERO)
-                .start(),
-        )
-        .unwrap();
+    let w = started(rt, bench_worker(Duration::ZERO), |b| b.bucket("reads"));
     for (i, k) in keys.iter().enumerate() {
         let v = Arc::new(session(i));
         raw.insert(k.clone(), v.clone());
@@ -297,18 +307,9 @@ fn lookups_per_second(keys: &[String], threads: usize, lookup: &(dyn Fn(&str) + 
 }
 
 fn scaling(rows: &mut Vec<Row>, rt: &tokio::runtime::Runtime, n: usize) {
-    let w = rt
-        .block_on(
-            Worker::builder(bench_worker(Duration::ZERO))
-                .bucket("scaling")
-                .refresh(Duration::ZERO)
-                .start(),
-        )
-        .unwrap();
+    let w = started(rt, bench_worker(Duration::ZERO), |b| b.bucket("scaling"));
+    fill(&w, n);
     let keys: Vec<String> = (0..n).map(key).collect();
-    for (i, k) in keys.iter().enumerate() {
-        w.insert(k.clone(), session(i));
-    }
     // The same measurement on a raw DashMap tells whether this machine scales at all now; the
     // rounds alternate between the two, so that both see the same neighbours.
     let raw: DashMap<String, Arc<Session>> = DashMap::new();
@@ -353,16 +354,11 @@ type Push<'a> = dyn FnMut(&String, &Session) + 'a;
 fn dumps(rows: &mut Vec<Row>, rt: &tokio::runtime::Runtime, n: usize) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("sessions.dump");
-    let w = rt
-        .block_on(
-            Worker::builder(bench_worker(Duration::ZERO))
-                .bucket("sessions")
-                .file(&path)
-                .refresh(Duration::ZERO)
-                .dump_interval(Duration::from_secs(3600))
-                .start(),
-        )
-        .unwrap();
+    let w = started(rt, bench_worker(Duration::ZERO), |b| {
+        b.bucket("sessions")
+            .file(&path)
+            .dump_interval(Duration::from_secs(3600))
+    });
     let keys: Vec<String> = (0..n).map(key).collect();
     for (i, k) in keys.iter().enumerate() {
         w.insert(k.clone(), session(i));
@@ -485,15 +481,9 @@ fn dumps(rows: &mut Vec<Row>, rt: &tokio::runtime::Runtime, n: usize) {
     let t_warm = (0..3)
         .map(|_| {
             let t = Instant::now();
-            let w = rt
-                .block_on(
-                    Worker::builder(bench_worker(Duration::ZERO))
-                        .bucket("sessions")
-                        .file(&path)
-                        .refresh(Duration::ZERO)
-                        .start(),
-                )
-                .unwrap();
+            let w = started(rt, bench_worker(Duration::ZERO), |b| {
+                b.bucket("sessions").file(&path)
+            });
             let elapsed = t.elapsed();
             assert_eq!(w.len(), n);
             // Stopped and freed before the next round, so that freeing this worker's entries
@@ -618,17 +608,8 @@ fn memory_child(spec: &str) {
             grown
         }
         _ => {
-            let w = rt
-                .block_on(
-                    Worker::builder(bench_worker(Duration::ZERO))
-                        .bucket("memory")
-                        .refresh(Duration::ZERO)
-                        .start(),
-                )
-                .unwrap();
-            for i in 0..n {
-                w.insert(key(i), session(i));
-            }
+            let w = started(&rt, bench_worker(Duration::ZERO), |b| b.bucket("memory"));
+            fill(&w, n);
             let grown = rss_kib().saturating_sub(before);
             assert_eq!(w.len(), n);
             grown
@@ -641,14 +622,7 @@ fn coalescing(rows: &mut Vec<Row>, rt: &tokio::runtime::Runtime) {
     let worker = bench_worker(Duration::from_millis(20));
     let loads = worker.loads.clone();
     let worker_returned = worker.returned.clone();
-    let w = rt
-        .block_on(
-            Worker::builder(worker)
-                .bucket("coalesce")
-                .refresh(Duration::ZERO)
-                .start(),
-        )
-        .unwrap();
+    let w = started(rt, worker, |b| b.bucket("coalesce"));
     let k = key(7);
     let returned = worker_returned;
     let lag = rt.block_on(async {
@@ -686,18 +660,8 @@ fn refresh_cycle(rows: &mut Vec<Row>, rt: &tokio::runtime::Runtime, n: usize) {
     let concurrency = 500;
     let loader = bench_worker(Duration::from_millis(1));
     let (loads, delayed) = (loader.loads.clone(), loader.delayed_ns.clone());
-    let w = rt
-        .block_on(
-            Worker::builder(loader)
-                .bucket("cycle")
-                .refresh(Duration::ZERO)
-                .concurrency(concurrency)
-                .start(),
-        )
-        .unwrap();
-    for i in 0..n {
-        w.insert(key(i), session(i));
-    }
+    let w = started(rt, loader, |b| b.bucket("cycle").concurrency(concurrency));
+    fill(&w, n);
     let report = rt.block_on(w.refresh_all()).unwrap();
     // What one "1 ms" load really takes on this runtime: tokio's timer fires on the next
     // millisecond tick after the deadline, so a 1 ms sleep lasts 1-2 ms.
@@ -768,15 +732,9 @@ fn warm_child(path: &str) {
     let before = rss_kib();
     // Resets the high-water mark to the current resident set (Linux 4.0+).
     std::fs::write("/proc/self/clear_refs", "5").unwrap();
-    let w = rt
-        .block_on(
-            Worker::builder(bench_worker(Duration::ZERO))
-                .bucket("sessions")
-                .file(path)
-                .refresh(Duration::ZERO)
-                .start(),
-        )
-        .unwrap();
+    let w = started(&rt, bench_worker(Duration::ZERO), |b| {
+        b.bucket("sessions").file(path)
+    });
     assert!(!w.is_empty());
     let (peak, after) = (status_kib("VmHWM:"), rss_kib());
     println!("{before} {peak} {after}");
