@@ -42,6 +42,42 @@ pub struct Upstream {
     /// Per-entry refresh interval and expiry, for every key.
     pub refresh_after: Arc<Mutex<Option<Duration>>>,
     pub expire_after: Arc<Mutex<Option<Duration>>>,
+    /// Calls the test holds after they read upstream: `Some(key)` for `load(key)`, `None` for
+    /// `load_all`.
+    pub holds: Arc<Mutex<HashMap<Option<String>, Arc<Gate>>>>,
+}
+
+/// One held call: it says when it has read upstream, then waits until the test releases it.
+#[derive(Default)]
+pub struct Gate {
+    entered: tokio::sync::Semaphore,
+    release: tokio::sync::Semaphore,
+}
+
+impl Gate {
+    async fn pass(&self) {
+        self.entered.add_permits(1);
+        if let Ok(permit) = self.release.acquire().await {
+            permit.forget();
+        }
+    }
+}
+
+/// The test's side of a held call (see [`Upstream::hold`]).
+pub struct Hold(Arc<Gate>);
+
+impl Hold {
+    /// Waits until the held call has read upstream and is waiting.
+    pub async fn entered(&self) {
+        if let Ok(permit) = self.0.entered.acquire().await {
+            permit.forget();
+        }
+    }
+
+    /// Lets the held call return what it read.
+    pub fn release(self) {
+        self.0.release.add_permits(1);
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -83,6 +119,29 @@ impl Upstream {
     pub fn set_delay(&self, delay: Duration) {
         *self.delay.lock() = delay;
     }
+
+    /// Holds the next call of `load(key)` once it has read its reply, until released.
+    pub fn hold(&self, key: &str) -> Hold {
+        self.hold_call(Some(key.to_owned()))
+    }
+
+    /// Holds the next call of `load_all` once it has read the collection, until released.
+    pub fn hold_bulk(&self) -> Hold {
+        self.hold_call(None)
+    }
+
+    fn hold_call(&self, call: Option<String>) -> Hold {
+        let gate = Arc::new(Gate::default());
+        self.holds.lock().insert(call, gate.clone());
+        Hold(gate)
+    }
+
+    async fn pass_hold(&self, call: Option<String>) {
+        let gate = self.holds.lock().remove(&call);
+        if let Some(gate) = gate {
+            gate.pass().await;
+        }
+    }
 }
 
 impl CacheWorker for Upstream {
@@ -97,6 +156,7 @@ impl CacheWorker for Upstream {
             tokio::time::sleep(delay).await;
         }
         let reply = self.replies.lock().get(key).cloned();
+        self.pass_hold(Some(key.clone())).await;
         match reply.unwrap_or(Reply::Missing) {
             Reply::Value(v) => Ok(Some(v)),
             Reply::Missing => Ok(None),
@@ -109,6 +169,7 @@ impl CacheWorker for Upstream {
     async fn load_all(&self) -> Option<Result<Entries<Self>, UpstreamError>> {
         let collection = self.collection.lock().clone()?;
         self.bulk_loads.fetch_add(1, Ordering::SeqCst);
+        self.pass_hold(None).await;
         Some(collection.map_err(UpstreamError))
     }
 
