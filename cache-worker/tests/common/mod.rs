@@ -48,10 +48,18 @@ pub struct Upstream {
 }
 
 /// One held call: it says when it has read upstream, then waits until the test releases it.
-#[derive(Default)]
 pub struct Gate {
     entered: tokio::sync::Semaphore,
     release: tokio::sync::Semaphore,
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Gate {
+            entered: tokio::sync::Semaphore::new(0),
+            release: tokio::sync::Semaphore::new(0),
+        }
+    }
 }
 
 impl Gate {
