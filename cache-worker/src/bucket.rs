@@ -4,15 +4,23 @@
 //! between readers, and a bulk reload swaps the map in one step, so readers see the old or the
 //! new collection, never a mix. Writers share a gate that a bulk swap takes alone, so no write
 //! lands in a map that is being replaced.
+//!
+//! An entry past its expiry is gone for readers at once, whether or not the refresher's timer
+//! has removed it yet: reads skip it, and a write to its key reports the expiry first.
 
 use std::borrow::Borrow;
-use std::hash::Hash;
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
 
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry as MapEntry;
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
+
+use crate::clock::Clock;
+use crate::events::RemovalCause;
 
 /// The hasher of the bucket: foldhash, seeded per process.
 ///
@@ -28,6 +36,19 @@ pub(crate) struct Entry<V> {
     pub(crate) value: Arc<V>,
     pub(crate) loaded_at: u64,
     pub(crate) expires_at: u64,
+    /// Which write stored it: the bucket's write count at that write. Every write takes a new
+    /// one, even of a value equal to the stored one (which keeps the stored `Arc`), so a reload
+    /// can tell that its key was written while it ran. Not kept in dumps: restored entries have
+    /// 0, older than any write of this run.
+    pub(crate) stamp: u64,
+}
+
+impl<V> Entry<V> {
+    /// Whether the entry is past its expiry at `now`.
+    #[inline]
+    pub(crate) fn expired(&self, now: u64) -> bool {
+        self.expires_at <= now
+    }
 }
 
 impl<V> Clone for Entry<V> {
@@ -36,6 +57,7 @@ impl<V> Clone for Entry<V> {
             value: self.value.clone(),
             loaded_at: self.loaded_at,
             expires_at: self.expires_at,
+            stamp: self.stamp,
         }
     }
 }
@@ -50,24 +72,83 @@ pub(crate) enum Change<V> {
     },
     /// The value equals the stored one: only the load time moved.
     Unchanged,
+    /// The key held an entry past its expiry that the refresher had not removed yet: it expired,
+    /// then the new value was inserted.
+    AfterExpiry {
+        expired: Arc<V>,
+    },
 }
 
 /// The difference a bulk replacement made.
 pub(crate) struct Diff<K, V> {
     pub(crate) changes: Vec<(K, Arc<V>, Change<V>)>,
-    pub(crate) removed: Vec<(K, Arc<V>)>,
+    pub(crate) removed: Vec<(K, Arc<V>, RemovalCause)>,
+}
+
+/// A bulk load in flight: the bucket notes every removal from here on, so that the swap can
+/// tell the keys written or removed after the load began (they keep what those writes made).
+/// Dropping it, swapped or not, stops the noting once no other bulk load runs.
+pub(crate) struct BulkLoad<'a, K, V> {
+    bucket: &'a Bucket<K, V>,
+    /// The write count when the load began: entries and removals stamped after it are newer
+    /// than anything the load read.
+    began: u64,
+}
+
+impl<K, V> Drop for BulkLoad<'_, K, V> {
+    fn drop(&mut self) {
+        if self.bucket.bulk_loads.fetch_sub(1, SeqCst) == 1 {
+            self.bucket.removals.lock().clear();
+        }
+    }
 }
 
 pub(crate) struct Bucket<K, V> {
     map: ArcSwap<Map<K, V>>,
     writers: RwLock<()>,
+    clock: Clock,
+    /// Writes so far; each one stamps what it stores with the next number.
+    writes: AtomicU64,
+    /// Bulk loads in flight; while there is one, removals are noted in `removals`.
+    bulk_loads: AtomicUsize,
+    /// Keys removed (or invalidated while absent) during a bulk load: the hash of the key and
+    /// the stamp of its last removal. A hash, not the key, because `invalidate` takes a
+    /// borrowed key; two keys of one hash only make a bulk swap leave one more key to the next
+    /// reload.
+    removals: Mutex<HashMap<u64, u64>>,
+    /// Hashes the keys in `removals`: one seed for the bucket's life, whatever map is current.
+    removal_hasher: Hasher,
 }
 
 impl<K: Eq + Hash + Clone, V: PartialEq> Bucket<K, V> {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(clock: Clock) -> Self {
         Bucket {
             map: ArcSwap::from_pointee(Map::with_hasher(Hasher::default())),
             writers: RwLock::new(()),
+            clock,
+            writes: AtomicU64::new(0),
+            bulk_loads: AtomicUsize::new(0),
+            removals: Mutex::new(HashMap::new()),
+            removal_hasher: Hasher::default(),
+        }
+    }
+
+    fn stamp(&self) -> u64 {
+        self.writes.fetch_add(1, SeqCst) + 1
+    }
+
+    /// Whether `entry` is past its expiry now. Entries that never expire cost one comparison;
+    /// only expiring ones read the clock.
+    #[inline]
+    fn expired_now(&self, entry: &Entry<V>) -> bool {
+        entry.expires_at != NEVER && entry.expired(self.clock.now_ms())
+    }
+
+    /// Notes a removal of `key` while a bulk load runs.
+    fn note_removal<Q: Hash + ?Sized>(&self, key: &Q, stamp: u64) {
+        if self.bulk_loads.load(SeqCst) > 0 {
+            let hash = self.removal_hasher.hash_one(key);
+            self.removals.lock().insert(hash, stamp);
         }
     }
 
@@ -77,15 +158,22 @@ impl<K: Eq + Hash + Clone, V: PartialEq> Bucket<K, V> {
         self.map.store(Arc::new(map));
     }
 
+    /// The value of `key`, unless it is absent or past its expiry.
     #[inline]
     pub(crate) fn peek<Q>(&self, key: &Q) -> Option<Arc<V>>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.map.load().get(key).map(|e| e.value.clone())
+        let map = self.map.load();
+        let entry = map.get(key)?;
+        if self.expired_now(&entry) {
+            return None;
+        }
+        Some(entry.value.clone())
     }
 
+    /// The stored entry, expired or not (the refresher's view).
     pub(crate) fn entry<Q>(&self, key: &Q) -> Option<Entry<V>>
     where
         K: Borrow<Q>,
@@ -94,12 +182,28 @@ impl<K: Eq + Hash + Clone, V: PartialEq> Bucket<K, V> {
         self.map.load().get(key).map(|e| e.clone())
     }
 
+    /// The stamp of the key's entry, unless it is absent or past its expiry: the basis a reload
+    /// compares with before it stores.
+    pub(crate) fn stamp_of(&self, key: &K) -> Option<u64> {
+        let map = self.map.load();
+        let entry = map.get(key)?;
+        (!self.expired_now(&entry)).then_some(entry.stamp)
+    }
+
+    /// How many entries are stored, counting any past their expiry that the refresher has not
+    /// removed yet.
     pub(crate) fn len(&self) -> usize {
         self.map.load().len()
     }
 
+    /// The keys of the entries that have not expired.
     pub(crate) fn keys(&self) -> Vec<K> {
-        self.map.load().iter().map(|e| e.key().clone()).collect()
+        self.map
+            .load()
+            .iter()
+            .filter(|e| !self.expired_now(e.value()))
+            .map(|e| e.key().clone())
+            .collect()
     }
 
     /// Visits every entry in place, shard by shard, under each shard's read lock: `visit` must
@@ -116,60 +220,74 @@ impl<K: Eq + Hash + Clone, V: PartialEq> Bucket<K, V> {
     }
 
     /// Inserts or replaces; an equal value keeps the stored `Arc` and only moves the load time.
-    pub(crate) fn store(&self, key: K, entry: Entry<V>) -> Change<V> {
+    pub(crate) fn store(&self, key: K, mut entry: Entry<V>) -> Change<V> {
         let _gate = self.writers.read();
         let map = self.map.load();
         match map.entry(key) {
-            MapEntry::Occupied(mut o) => Self::replace(o.get_mut(), entry),
+            MapEntry::Occupied(mut o) => {
+                entry.stamp = self.stamp();
+                Self::replace(o.get_mut(), entry)
+            }
             MapEntry::Vacant(v) => {
+                entry.stamp = self.stamp();
                 v.insert(entry);
                 Change::Inserted
             }
         }
     }
 
-    /// Like [`store`](Self::store), but only if the key still holds `basis`, the value a reload
-    /// started from: a reload must not bring back a key that was removed while it ran, nor
-    /// overwrite a value written while it ran.
+    /// Like [`store`](Self::store), but only if the key's entry is still the one of write
+    /// `basis`, the one a reload started from, and has not expired: a reload must not bring
+    /// back a key that was removed or expired while it ran, nor overwrite a write made while
+    /// it ran (even of an equal value).
     pub(crate) fn store_existing(
         &self,
         key: &K,
-        entry: Entry<V>,
-        basis: &Arc<V>,
+        mut entry: Entry<V>,
+        basis: u64,
     ) -> Option<Change<V>> {
         let _gate = self.writers.read();
         let map = self.map.load();
         let mut slot = map.get_mut(key)?;
-        if !Arc::ptr_eq(&slot.value, basis) {
+        if slot.stamp != basis || slot.expired(entry.loaded_at) {
             return None;
         }
+        entry.stamp = self.stamp();
         Some(Self::replace(&mut slot, entry))
     }
 
-    /// Inserts only if the key is absent: a load that began on a miss must not overwrite a
-    /// value written while it ran.
-    pub(crate) fn store_vacant(&self, key: K, entry: Entry<V>) -> Option<Change<V>> {
+    /// Inserts only if the key is absent (or past its expiry): a load that began on a miss must
+    /// not overwrite a value written while it ran.
+    pub(crate) fn store_vacant(&self, key: K, mut entry: Entry<V>) -> Option<Change<V>> {
         let _gate = self.writers.read();
         let map = self.map.load();
         match map.entry(key) {
+            MapEntry::Occupied(mut o) if o.get().expired(entry.loaded_at) => {
+                entry.stamp = self.stamp();
+                Some(Self::replace(o.get_mut(), entry))
+            }
             MapEntry::Occupied(_) => None,
             MapEntry::Vacant(v) => {
+                entry.stamp = self.stamp();
                 v.insert(entry);
                 Some(Change::Inserted)
             }
         }
     }
 
-    /// Removes the entry if it still holds `basis` (see [`store_existing`](Self::store_existing)).
-    pub(crate) fn remove_same(&self, key: &K, basis: &Arc<V>) -> Option<(K, Entry<V>)> {
-        let _gate = self.writers.read();
-        self.map
-            .load()
-            .remove_if(key, |_, e| Arc::ptr_eq(&e.value, basis))
+    /// Removes the entry if it is still the one of write `basis` and has not expired by `now`
+    /// (see [`store_existing`](Self::store_existing)).
+    pub(crate) fn remove_same(&self, key: &K, basis: u64, now: u64) -> Option<(K, Entry<V>)> {
+        self.remove_if(key, |e| e.stamp == basis && !e.expired(now))
     }
 
+    /// Replaces the entry in `slot` (its stamp already set): an expired one is reported as
+    /// such, an equal value keeps the stored `Arc`.
     fn replace(slot: &mut Entry<V>, mut entry: Entry<V>) -> Change<V> {
-        if *slot.value == *entry.value {
+        if slot.expired(entry.loaded_at) {
+            let expired = std::mem::replace(slot, entry).value;
+            Change::AfterExpiry { expired }
+        } else if *slot.value == *entry.value {
             entry.value = slot.value.clone();
             *slot = entry;
             Change::Unchanged
@@ -179,36 +297,80 @@ impl<K: Eq + Hash + Clone, V: PartialEq> Bucket<K, V> {
         }
     }
 
+    /// Removes the key whatever it holds (an invalidate). Noted for a bulk load in flight even
+    /// when the key is absent: the load may have read it before the change the invalidate
+    /// announces.
     pub(crate) fn remove<Q>(&self, key: &Q) -> Option<(K, Entry<V>)>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
         let _gate = self.writers.read();
-        self.map.load().remove(key)
+        let map = self.map.load();
+        let removed = map.remove(key);
+        self.note_removal(key, self.stamp());
+        removed
     }
 
     /// Removes the entry if its expiry is at or before `now`.
     pub(crate) fn remove_expired(&self, key: &K, now: u64) -> Option<Entry<V>> {
-        let _gate = self.writers.read();
-        self.map
-            .load()
-            .remove_if(key, |_, e| e.expires_at <= now)
-            .map(|(_, e)| e)
+        self.remove_if(key, |e| e.expired(now)).map(|(_, e)| e)
     }
 
-    /// Replaces the whole contents in one step and returns what changed. Values equal to the
-    /// stored ones keep their `Arc`. If the collection names a key twice, the first one wins.
-    pub(crate) fn replace_all(&self, entries: Vec<(K, Entry<V>)>) -> Diff<K, V> {
+    fn remove_if(&self, key: &K, keep: impl FnOnce(&Entry<V>) -> bool) -> Option<(K, Entry<V>)> {
+        let _gate = self.writers.read();
+        let map = self.map.load();
+        let removed = map.remove_if(key, |_, e| keep(e))?;
+        self.note_removal(key, self.stamp());
+        Some(removed)
+    }
+
+    /// Marks the start of a bulk load: its swap must know what was written after it began.
+    pub(crate) fn bulk_load(&self) -> BulkLoad<'_, K, V> {
+        self.bulk_loads.fetch_add(1, SeqCst);
+        BulkLoad {
+            bucket: self,
+            began: self.writes.load(SeqCst),
+        }
+    }
+
+    /// Replaces the whole contents in one step with a collection that `load` read, and returns
+    /// what changed. Values equal to the stored ones keep their `Arc`. If the collection names
+    /// a key twice, the first one wins.
+    ///
+    /// A key written or removed after the load began keeps what that write made: the
+    /// collection is older than it. Entries past their expiry at `now` are reported expired.
+    pub(crate) fn replace_all(
+        &self,
+        load: BulkLoad<'_, K, V>,
+        entries: Vec<(K, Entry<V>)>,
+        now: u64,
+    ) -> Diff<K, V> {
         let gate = self.writers.write();
+        let began = load.began;
         let old = self.map.load_full();
+        let removals = self.removals.lock();
+        let removed_since = |key: &K| {
+            !removals.is_empty()
+                && removals
+                    .get(&self.removal_hasher.hash_one(key))
+                    .is_some_and(|&stamp| stamp > began)
+        };
+        let stamp = self.stamp();
         let new = Map::with_capacity_and_hasher(entries.len(), Hasher::default());
         let mut changes = Vec::new();
         for (key, mut entry) in entries {
             if new.contains_key(&key) {
                 continue;
             }
-            let change = match old.get(&key) {
+            let prev = old.get(&key);
+            let change = match &prev {
+                // Written after the load began: kept as it is, below.
+                Some(prev) if prev.stamp > began => continue,
+                None if removed_since(&key) => continue,
+                Some(prev) if prev.expired(now) => Change::AfterExpiry {
+                    expired: prev.value.clone(),
+                },
                 Some(prev) if *prev.value == *entry.value => {
                     entry.value = prev.value.clone();
                     Change::Unchanged
@@ -218,17 +380,32 @@ impl<K: Eq + Hash + Clone, V: PartialEq> Bucket<K, V> {
                 },
                 None => Change::Inserted,
             };
+            drop(prev);
+            entry.stamp = stamp;
             let value = entry.value.clone();
             new.insert(key.clone(), entry);
             changes.push((key, value, change));
         }
-        let removed = old
-            .iter()
-            .filter(|e| !new.contains_key(e.key()))
-            .map(|e| (e.key().clone(), e.value.clone()))
-            .collect();
+        drop(removals);
+        let mut removed = Vec::new();
+        for e in old.iter() {
+            if new.contains_key(e.key()) {
+                continue;
+            }
+            if e.stamp > began {
+                new.insert(e.key().clone(), e.value().clone());
+                continue;
+            }
+            let cause = if e.expired(now) {
+                RemovalCause::Expired
+            } else {
+                RemovalCause::Gone
+            };
+            removed.push((e.key().clone(), e.value.clone(), cause));
+        }
         self.map.store(Arc::new(new));
         drop(gate);
+        drop(load);
         Diff { changes, removed }
     }
 }

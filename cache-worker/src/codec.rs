@@ -353,6 +353,7 @@ where
                         value: Arc::new(record.value),
                         loaded_at: record.loaded_at,
                         expires_at: record.expires_at,
+                        stamp: 0,
                     },
                 );
             }
@@ -434,6 +435,7 @@ mod tests {
                         value: Arc::new(vec![i; (i % 5) as usize]),
                         loaded_at: 1000 + i,
                         expires_at: crate::bucket::NEVER,
+                        stamp: 0,
                     },
                 )
             })
@@ -540,6 +542,7 @@ pub mod exposed {
                             value: std::sync::Arc::new(v),
                             loaded_at: *loaded_at,
                             expires_at: *expires_at,
+                            stamp: 0,
                         },
                     )
                 })

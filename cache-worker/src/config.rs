@@ -37,7 +37,17 @@ pub struct Settings {
     pub retry_max: Duration,
 }
 
+/// [`Settings::MAX_DURATION`], as the error messages say it.
+const MAX_DURATION_TEXT: &str = "3650 days";
+
 impl Settings {
+    /// The most loads a refresh may run at once (`concurrency`).
+    pub const MAX_CONCURRENCY: usize = 65_536;
+    /// The largest `event_capacity`: every subscriber's queue is allocated at its full size.
+    pub const MAX_EVENT_CAPACITY: usize = 1 << 20;
+    /// The longest duration any setting accepts: 3650 days.
+    pub const MAX_DURATION: Duration = Duration::from_secs(3650 * 24 * 3600);
+
     pub(crate) fn defaults(bucket: String) -> Self {
         Settings {
             bucket,
@@ -61,31 +71,58 @@ impl Settings {
         self.retry_min.saturating_mul(factor).min(self.retry_max)
     }
 
+    /// Checks every setting against its range: no setting may make the start, or anything
+    /// later, fail inside tokio.
     pub(crate) fn validate(&self) -> Result<(), Error> {
-        let invalid = |setting, reason: &str| {
+        let invalid = |setting, reason: String| {
             Err(Error::InvalidConfig {
                 bucket: self.bucket.clone(),
                 setting,
-                reason: reason.to_owned(),
+                reason,
             })
         };
-        if self.concurrency == 0 {
-            return invalid("concurrency", "must be at least 1");
+        if self.bucket.is_empty() {
+            return invalid("bucket", "must not be empty".to_owned());
         }
-        if self.event_capacity == 0 {
-            return invalid("event_capacity", "must be at least 1");
+        for (setting, value, max) in [
+            ("concurrency", self.concurrency, Settings::MAX_CONCURRENCY),
+            (
+                "event_capacity",
+                self.event_capacity,
+                Settings::MAX_EVENT_CAPACITY,
+            ),
+        ] {
+            if !(1..=max).contains(&value) {
+                return invalid(setting, format!("must be from 1 to {max}, not {value}"));
+            }
+        }
+        let durations = [
+            ("refresh", self.refresh.unwrap_or_default()),
+            ("load_timeout", self.load_timeout),
+            ("dump_interval", self.dump_interval),
+            ("shutdown_timeout", self.shutdown_timeout),
+            ("retry_min", self.retry_min),
+            ("retry_max", self.retry_max),
+        ];
+        for (setting, value) in durations {
+            if value > Settings::MAX_DURATION {
+                return invalid(
+                    setting,
+                    format!("must be at most {MAX_DURATION_TEXT}, not {value:?}"),
+                );
+            }
         }
         if self.load_timeout.is_zero() {
-            return invalid("load_timeout", "must be longer than zero");
+            return invalid("load_timeout", "must be longer than zero".to_owned());
         }
         if self.retry_min.is_zero() || self.retry_min > self.retry_max {
             return invalid(
                 "retry_min",
-                "must be longer than zero and at most retry_max",
+                format!(
+                    "must be longer than zero and at most retry_max ({:?}), not {:?}",
+                    self.retry_max, self.retry_min
+                ),
             );
-        }
-        if self.bucket.is_empty() {
-            return invalid("bucket", "must not be empty");
         }
         Ok(())
     }
@@ -160,20 +197,26 @@ impl Layer {
         };
         let duration = |setting: &str| -> Result<Option<Duration>, Error> {
             get(setting)
-                .map(|(variable, value)| {
-                    humantime::parse_duration(value.trim()).map_err(|e| {
-                        invalid(variable, value.clone(), &format!("{e}; expected a duration such as \"90s\", \"15m\", \"1h\" or \"1h30m\""))
-                    })
+                .map(|(variable, value)| match humantime::parse_duration(value.trim()) {
+                    Ok(d) if d <= Settings::MAX_DURATION => Ok(d),
+                    Ok(_) => Err(invalid(
+                        variable,
+                        value.clone(),
+                        &format!("expected a duration of at most {MAX_DURATION_TEXT}"),
+                    )),
+                    Err(e) => Err(invalid(variable, value.clone(), &format!("{e}; expected a duration such as \"90s\", \"15m\", \"1h\" or \"1h30m\""))),
                 })
                 .transpose()
         };
-        let number = |setting: &str| -> Result<Option<u64>, Error> {
+        let number = |setting: &str, max: usize| -> Result<Option<usize>, Error> {
             get(setting)
-                .map(|(variable, value)| {
-                    value
-                        .trim()
-                        .parse::<u64>()
-                        .map_err(|_| invalid(variable, value.clone(), "expected a whole number"))
+                .map(|(variable, value)| match value.trim().parse::<usize>() {
+                    Ok(n) if (1..=max).contains(&n) => Ok(n),
+                    _ => Err(invalid(
+                        variable,
+                        value.clone(),
+                        &format!("expected a whole number from 1 to {max}"),
+                    )),
                 })
                 .transpose()
         };
@@ -190,7 +233,16 @@ impl Layer {
                 "none" | "off" | "0" => None,
                 text => match humantime::parse_duration(text) {
                     Ok(d) if d.is_zero() => None,
-                    Ok(d) => Some(d),
+                    Ok(d) if d <= Settings::MAX_DURATION => Some(d),
+                    Ok(_) => {
+                        return Err(invalid(
+                            variable,
+                            value.clone(),
+                            &format!(
+                                "expected a duration of at most {MAX_DURATION_TEXT}, or \"off\""
+                            ),
+                        ));
+                    }
                     Err(e) => {
                         return Err(invalid(
                             variable,
@@ -208,8 +260,8 @@ impl Layer {
         layer.shutdown_timeout = duration("SHUTDOWN_TIMEOUT")?;
         layer.retry_min = duration("RETRY_MIN")?;
         layer.retry_max = duration("RETRY_MAX")?;
-        layer.concurrency = number("CONCURRENCY")?.map(|n| n as usize);
-        layer.event_capacity = number("EVENT_CAPACITY")?.map(|n| n as usize);
+        layer.concurrency = number("CONCURRENCY", Settings::MAX_CONCURRENCY)?;
+        layer.event_capacity = number("EVENT_CAPACITY", Settings::MAX_EVENT_CAPACITY)?;
         if let Some((variable, value)) = get("SCHEMA") {
             layer.schema = Some(value.trim().parse::<u32>().map_err(|_| {
                 invalid(

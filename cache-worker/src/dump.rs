@@ -16,6 +16,7 @@ use crate::bucket::{Entry, Hasher, Map};
 use crate::codec::{self, DecodeError, ReadError};
 use crate::inner::{Inner, Key, Value};
 use crate::prefetch::{prefetch, prefetch_serialized};
+use crate::start::{ColdStart, StartKind};
 use crate::stats::bump;
 
 /// Writes the bucket to its dump file now. Readers never wait: the records are encoded on a
@@ -166,10 +167,12 @@ fn remove_stale_temp_files(path: &Path) {
     }
 }
 
-/// Restores the bucket from its dump file. Returns how many entries were restored, or `None`
-/// for a cold start (no file, a foreign or damaged one). Never fails the start.
-pub(crate) async fn restore<W: CacheWorker>(inner: &Inner<W>) -> Option<usize> {
-    let path = inner.settings.file.clone()?;
+/// Restores the bucket from its dump file. A start is warm only if the dump gave at least one
+/// live entry; otherwise this says why it is cold. Never fails the start.
+pub(crate) async fn restore<W: CacheWorker>(inner: &Inner<W>) -> StartKind {
+    let Some(path) = inner.settings.file.clone() else {
+        return StartKind::Cold(ColdStart::NoFile);
+    };
     let bucket = inner.settings.bucket.clone();
     let schema = inner.settings.schema;
     let started = Instant::now();
@@ -188,21 +191,18 @@ pub(crate) async fn restore<W: CacheWorker>(inner: &Inner<W>) -> Option<usize> {
     let bucket = inner.bucket_name();
     let schema = inner.settings.schema;
     let shown = path.display();
-    match read {
+    let cold = match read {
+        Ok((map, expired)) if map.is_empty() => ColdStart::NoLiveEntries { expired },
         Ok((map, expired)) => {
-            let count = map.len();
+            let restored = map.len();
             inner.bucket.restore(map);
-            tracing::info!(bucket, path = %shown, entries = count, expired, elapsed = ?started.elapsed(), "warm start from dump");
-            Some(count)
+            tracing::info!(bucket, path = %shown, entries = restored, expired, elapsed = ?started.elapsed(), "warm start from dump");
+            return StartKind::Warm { restored, expired };
         }
-        Err(ReadError::Io(e)) if e.kind() == io::ErrorKind::NotFound => {
-            tracing::info!(bucket, path = %shown, "no dump file; cold start");
-            None
-        }
-        Err(ReadError::Io(e)) => {
-            tracing::warn!(bucket, path = %shown, error = %e, "dump file unreadable; cold start");
-            None
-        }
+        Err(ReadError::Io(e)) if e.kind() == io::ErrorKind::NotFound => ColdStart::NotFound,
+        Err(ReadError::Io(e)) => ColdStart::Unreadable {
+            error: e.to_string(),
+        },
         Err(ReadError::Decode(DecodeError::Foreign {
             bucket: theirs,
             schema: their_schema,
@@ -212,7 +212,10 @@ pub(crate) async fn restore<W: CacheWorker>(inner: &Inner<W>) -> Option<usize> {
                 path = %shown,
                 "dump file is of bucket {theirs:?} schema {their_schema}, this worker is bucket {bucket:?} schema {schema}: refused; cold start"
             );
-            None
+            ColdStart::Foreign {
+                bucket: theirs,
+                schema: their_schema,
+            }
         }
         Err(ReadError::Decode(DecodeError::Corrupt(why))) => {
             let aside = corrupt_path(&path);
@@ -225,9 +228,20 @@ pub(crate) async fn restore<W: CacheWorker>(inner: &Inner<W>) -> Option<usize> {
                 moved = moved.is_ok(),
                 "dump file is damaged; cold start"
             );
-            None
+            ColdStart::Damaged {
+                reason: why.to_string(),
+                moved_to: aside,
+            }
         }
+    };
+    match &cold {
+        ColdStart::Foreign { .. } | ColdStart::Damaged { .. } => {}
+        ColdStart::Unreadable { .. } => {
+            tracing::warn!(bucket, path = %shown, reason = %cold, "cold start");
+        }
+        _ => tracing::info!(bucket, path = %shown, reason = %cold, "cold start"),
     }
+    StartKind::Cold(cold)
 }
 
 /// Records handed from the decoding thread to the inserting one at a time.

@@ -2,6 +2,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use futures_core::Stream;
@@ -94,61 +95,140 @@ impl<K: Clone, V> Clone for Event<K, V> {
     }
 }
 
-/// The stream of [`Event`]s from [`Worker::subscribe`](crate::Worker::subscribe).
+/// An event and its number in the order of sending.
+type Numbered<K, V> = (u64, Event<K, V>);
+
+/// The sending side: a broadcast channel, and the count of events sent, by which each
+/// subscriber measures how far behind it is.
 ///
-/// Each subscriber has its own queue of `event_capacity` events (a setting; 1024 by default).
-/// A subscriber that falls further behind is not waited for: it gets one
-/// [`Event::Lagged`] with the number of events it missed, then the newest events. The stream
-/// ends when the worker is dropped or shut down.
-pub struct EventStream<K, V> {
-    inner: Option<BroadcastStream<Event<K, V>>>,
-    /// Ready once the worker has shut down: the stream ends when it has nothing queued.
-    closed: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+/// tokio's broadcast rounds its capacity up to a power of two; the subscribers themselves hold
+/// to the exact `event_capacity` by dropping, as `Lagged`, every event that `capacity` newer
+/// events have followed by the time they read it, which is what a ring of exactly that size
+/// would have dropped.
+pub(crate) struct Events<K, V> {
+    sender: broadcast::Sender<Numbered<K, V>>,
+    sent: Arc<AtomicU64>,
+    capacity: usize,
 }
 
-impl<K: Clone + Send + 'static, V: Send + Sync + 'static> EventStream<K, V> {
-    pub(crate) fn new(
-        receiver: broadcast::Receiver<Event<K, V>>,
-        closed: CancellationToken,
-    ) -> Self {
-        EventStream {
-            inner: Some(BroadcastStream::new(receiver)),
-            closed: Some(Box::pin(closed.cancelled_owned())),
+impl<K: Clone + Send + 'static, V: Send + Sync + 'static> Events<K, V> {
+    /// `capacity` is at least 1 and at most [`Settings::MAX_EVENT_CAPACITY`](crate::Settings::MAX_EVENT_CAPACITY).
+    pub(crate) fn new(capacity: usize) -> Self {
+        let (sender, _) = broadcast::channel(capacity.next_power_of_two());
+        Events {
+            sender,
+            sent: Arc::new(AtomicU64::new(0)),
+            capacity,
         }
     }
 
+    /// Sends an event if anyone listens; building it costs nothing otherwise. Called with the
+    /// worker's write order held, so that numbers follow the order of sending.
+    pub(crate) fn send(&self, event: impl FnOnce() -> Event<K, V>) {
+        if self.sender.receiver_count() > 0 {
+            let number = self.sent.fetch_add(1, Ordering::AcqRel);
+            let _ = self.sender.send((number, event()));
+        }
+    }
+
+    pub(crate) fn subscribe(&self, closed: CancellationToken) -> EventStream<K, V> {
+        EventStream {
+            inner: Some(BroadcastStream::new(self.sender.subscribe())),
+            closed: Some(Box::pin(closed.cancelled_owned())),
+            sent: self.sent.clone(),
+            capacity: self.capacity as u64,
+            missed: 0,
+            held: None,
+        }
+    }
+}
+
+/// The stream of [`Event`]s from [`Worker::subscribe`](crate::Worker::subscribe).
+///
+/// Each subscriber has its own queue of exactly `event_capacity` events (a setting; 1024 by
+/// default). A subscriber that falls further behind is not waited for: the events pushed out
+/// of its queue are dropped for it, and it gets one [`Event::Lagged`] with their exact number,
+/// then the events still queued. The stream ends when the worker is dropped or shut down.
+pub struct EventStream<K, V> {
+    inner: Option<BroadcastStream<Numbered<K, V>>>,
+    /// Ready once the worker has shut down: the stream ends when it has nothing queued.
+    closed: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+    sent: Arc<AtomicU64>,
+    capacity: u64,
+    /// Events dropped for this subscriber and not yet reported.
+    missed: u64,
+    /// The event read after a run of dropped ones, given out after their `Lagged`.
+    held: Option<Event<K, V>>,
+}
+
+impl<K: Clone + Send + 'static, V: Send + Sync + 'static> EventStream<K, V> {
     /// A stream that ends at once: what a process-wide worker that is not running gives.
     pub(crate) fn ended() -> Self {
         EventStream {
             inner: None,
             closed: None,
+            sent: Arc::default(),
+            capacity: 1,
+            missed: 0,
+            held: None,
         }
     }
+
+    /// The `Lagged` owed for the events dropped so far, if any.
+    fn lagged(&mut self) -> Option<Event<K, V>> {
+        let missed = std::mem::take(&mut self.missed);
+        (missed > 0).then_some(Event::Lagged { missed })
+    }
 }
+
+// No field is pinned: the stream only ever moves its fields, so it is `Unpin` whatever `K` is.
+impl<K, V> Unpin for EventStream<K, V> {}
 
 impl<K: Clone + Send + 'static, V: Send + Sync + 'static> Stream for EventStream<K, V> {
     type Item = Event<K, V>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let Some(inner) = self.inner.as_mut() else {
-            return Poll::Ready(None);
-        };
-        match Pin::new(inner).poll_next(cx) {
-            Poll::Ready(Some(Ok(event))) => Poll::Ready(Some(event)),
-            Poll::Ready(Some(Err(BroadcastStreamRecvError::Lagged(missed)))) => {
-                Poll::Ready(Some(Event::Lagged { missed }))
-            }
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => {
-                let closed = self
-                    .closed
-                    .as_mut()
-                    .is_some_and(|closed| closed.as_mut().poll(cx).is_ready());
-                if closed {
+        if let Some(event) = self.held.take() {
+            return Poll::Ready(Some(event));
+        }
+        loop {
+            let Some(inner) = self.inner.as_mut() else {
+                return Poll::Ready(self.lagged());
+            };
+            match Pin::new(inner).poll_next(cx) {
+                Poll::Ready(Some(Ok((number, event)))) => {
+                    let newer = self.sent.load(Ordering::Acquire).saturating_sub(number + 1);
+                    if newer >= self.capacity {
+                        self.missed += 1;
+                        continue;
+                    }
+                    return Poll::Ready(Some(match self.lagged() {
+                        Some(lagged) => {
+                            self.held = Some(event);
+                            lagged
+                        }
+                        None => event,
+                    }));
+                }
+                Poll::Ready(Some(Err(BroadcastStreamRecvError::Lagged(missed)))) => {
+                    self.missed += missed;
+                }
+                Poll::Ready(None) => {
                     self.inner = None;
-                    Poll::Ready(None)
-                } else {
-                    Poll::Pending
+                }
+                Poll::Pending => {
+                    if let Some(lagged) = self.lagged() {
+                        return Poll::Ready(Some(lagged));
+                    }
+                    let closed = self
+                        .closed
+                        .as_mut()
+                        .is_some_and(|closed| closed.as_mut().poll(cx).is_ready());
+                    if closed {
+                        self.inner = None;
+                        return Poll::Ready(None);
+                    }
+                    return Poll::Pending;
                 }
             }
         }

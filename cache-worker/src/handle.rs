@@ -16,6 +16,7 @@ use crate::config::{Attributes, Layer, Settings};
 use crate::inner::{Inner, Source};
 use crate::load::{fetch, load_one};
 use crate::refresh::{Command, RefreshReport};
+use crate::start::{ColdStart, StartKind};
 use crate::{CacheWorker, Error, EventStream, FetchError, SeedError, Stats, dump, refresh};
 
 /// A running cache worker: a cheap-to-clone handle (two `Arc`s inside).
@@ -111,6 +112,9 @@ impl<W: CacheWorker> Worker<W> {
 
     /// The value of `key` if it is in the bucket. Never loads, never waits: the hot path.
     ///
+    /// An entry past its expiry is not returned, whether or not the refresher has removed it
+    /// yet (entries without an expiry cost no clock read).
+    ///
     /// Takes any borrowed form of the key, as `HashMap::get` does (`&str` for a `String` key).
     #[inline]
     pub fn peek<Q>(&self, key: &Q) -> Option<Arc<W::Value>>
@@ -173,12 +177,13 @@ impl<W: CacheWorker> Worker<W> {
         self.inner.invalidate(key)
     }
 
-    /// Every key in the bucket now, in no particular order.
+    /// Every key in the bucket now whose entry has not expired, in no particular order.
     pub fn keys(&self) -> Vec<W::Key> {
         self.inner.bucket.keys()
     }
 
-    /// How many entries the bucket holds.
+    /// How many entries the bucket holds, counting any past their expiry that the refresher
+    /// has not removed yet (reads never return those).
     pub fn len(&self) -> usize {
         self.inner.bucket.len()
     }
@@ -208,7 +213,7 @@ impl<W: CacheWorker> Worker<W> {
     /// A stream of the bucket's changes from now on. See [`EventStream`] for what a
     /// subscriber that falls behind gets.
     pub fn subscribe(&self) -> EventStream<W::Key, W::Value> {
-        EventStream::new(self.inner.events.subscribe(), self.inner.closed.clone())
+        self.inner.events.subscribe(self.inner.closed.clone())
     }
 
     /// A snapshot of the counters.
@@ -225,6 +230,14 @@ impl<W: CacheWorker> Worker<W> {
     /// shutdown). A failure leaves the previous dump intact.
     pub async fn dump(&self) -> Result<(), Error> {
         dump::write(&self.inner).await
+    }
+
+    /// How this instance started: warm from its dump (how many entries), or cold and why.
+    pub fn started(&self) -> &StartKind {
+        self.inner
+            .start
+            .get()
+            .unwrap_or(&StartKind::Cold(ColdStart::NoFile))
     }
 
     /// The worker's own state: the value it was started with.
@@ -292,7 +305,10 @@ async fn shut_down<W: CacheWorker>(inner: &Arc<Inner<W>>) {
 /// | [`event_capacity`](Builder::event_capacity) | 1024 | `.._EVENT_CAPACITY` |
 /// | [`retry_backoff`](Builder::retry_backoff) | 1 s doubling to 5 min | `.._RETRY_MIN`, `.._RETRY_MAX` |
 ///
-/// Durations in the environment are written as `"90s"`, `"15m"`, `"1h"`, `"1h30m"`.
+/// Durations in the environment are written as `"90s"`, `"15m"`, `"1h"`, `"1h30m"`. Every
+/// duration is at most [`Settings::MAX_DURATION`]; a setting out of its range, from any layer,
+/// makes [`start`](Builder::start) fail with [`Error::InvalidConfig`] or
+/// [`Error::InvalidSetting`] naming it.
 #[must_use = "a builder does nothing until `.start().await`"]
 pub struct Builder<W: CacheWorker> {
     state: W,
@@ -334,7 +350,7 @@ impl<W: CacheWorker> Builder<W> {
         self
     }
 
-    /// How many loads a refresh runs at once.
+    /// How many loads a refresh runs at once (from 1 to [`Settings::MAX_CONCURRENCY`]).
     pub fn concurrency(mut self, loads: usize) -> Self {
         self.explicit.concurrency = Some(loads);
         self
@@ -366,7 +382,8 @@ impl<W: CacheWorker> Builder<W> {
         self
     }
 
-    /// How many events a subscriber may fall behind before it gets `Event::Lagged`.
+    /// How many events a subscriber may fall behind before it gets `Event::Lagged`: exactly
+    /// this many (from 1 to [`Settings::MAX_EVENT_CAPACITY`]).
     pub fn event_capacity(mut self, events: usize) -> Self {
         self.explicit.event_capacity = Some(events);
         self
@@ -422,13 +439,16 @@ impl<W: CacheWorker> Builder<W> {
     pub async fn start(self) -> Result<Worker<W>, Error> {
         let settings = self.settings()?;
         let inner = Arc::new(Inner::new(self.state, settings));
-        let restored = dump::restore(&inner).await;
-        match restored {
-            Some(count) => {
-                inner.stats.restored.store(count as u64, Ordering::Relaxed);
+        let start = dump::restore(&inner).await;
+        match &start {
+            StartKind::Warm { restored, .. } => {
+                inner
+                    .stats
+                    .restored
+                    .store(*restored as u64, Ordering::Relaxed);
             }
-            None if inner.settings.cache_enabled => seed(&inner).await?,
-            None => {}
+            StartKind::Cold(_) if inner.settings.cache_enabled => seed(&inner).await?,
+            StartKind::Cold(_) => {}
         }
         inner.running.store(true, Ordering::Release);
         let supervisor = refresh::supervise(inner.clone());
@@ -437,9 +457,10 @@ impl<W: CacheWorker> Builder<W> {
         tracing::info!(
             bucket = inner.bucket_name(),
             entries = inner.bucket.len(),
-            warm = restored.is_some(),
+            warm = start.is_warm(),
             "started"
         );
+        let _ = inner.start.set(start);
         let alive = Arc::new(Alive(inner.cancel.clone()));
         Ok(Worker {
             inner,

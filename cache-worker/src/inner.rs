@@ -9,14 +9,14 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 use futures_util::future::{BoxFuture, Shared};
-use tokio::sync::{Notify, Semaphore, broadcast, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::bucket::{Bucket, Change, Entry, Hasher, NEVER};
 use crate::clock::{Clock, add_ms};
 use crate::config::Settings;
-use crate::events::{Event, RemovalCause};
+use crate::events::{Event, Events, RemovalCause};
 use crate::refresh::Command;
 use crate::stats::{Counters, bump};
 use crate::{CacheWorker, FetchError};
@@ -41,7 +41,7 @@ pub(crate) struct Inner<W: CacheWorker> {
     /// Loads in flight, one per key: later misses of the key wait on the same one.
     pub(crate) flights: DashMap<Key<W>, InFlight<Value<W>>, Hasher>,
     pub(crate) stats: Counters,
-    pub(crate) events: broadcast::Sender<Event<Key<W>, Value<W>>>,
+    pub(crate) events: Events<Key<W>, Value<W>>,
     pub(crate) clock: Clock,
     pub(crate) commands: mpsc::UnboundedSender<Command<Key<W>>>,
     pub(crate) command_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<Command<Key<W>>>>,
@@ -68,6 +68,8 @@ pub(crate) struct Inner<W: CacheWorker> {
     /// The refresher's supervisor and the dump writer, joined on shutdown. An async lock, held
     /// while they are joined, so that a shutdown dropped part-way leaves the rest to the next.
     pub(crate) background: tokio::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// How the start went; set once it has.
+    pub(crate) start: std::sync::OnceLock<crate::StartKind>,
 }
 
 /// Where a write came from, for tracing.
@@ -81,14 +83,14 @@ pub(crate) enum Source {
 impl<W: CacheWorker> Inner<W> {
     pub(crate) fn new(state: W, settings: Settings) -> Self {
         let (commands, command_rx) = mpsc::unbounded_channel();
-        let (events, _) = broadcast::channel(settings.event_capacity);
+        let clock = Clock::new();
         Inner {
             state,
-            bucket: Bucket::new(),
+            bucket: Bucket::new(clock),
             flights: DashMap::with_hasher(Hasher::default()),
             stats: Counters::default(),
-            events,
-            clock: Clock::new(),
+            events: Events::new(settings.event_capacity),
+            clock,
             commands,
             command_rx: tokio::sync::Mutex::new(command_rx),
             limiter: Semaphore::new(settings.concurrency),
@@ -102,6 +104,7 @@ impl<W: CacheWorker> Inner<W> {
             shut_down: tokio::sync::OnceCell::new(),
             closed: CancellationToken::new(),
             background: tokio::sync::Mutex::new(Vec::new()),
+            start: std::sync::OnceLock::new(),
             settings,
         }
     }
@@ -124,6 +127,7 @@ impl<W: CacheWorker> Inner<W> {
             value,
             loaded_at: now,
             expires_at,
+            stamp: 0,
         }
     }
 
@@ -153,13 +157,13 @@ impl<W: CacheWorker> Inner<W> {
         self.schedule(&key, &value);
     }
 
-    /// Stores a reloaded value only if the key still holds `basis`, the value the reload
-    /// started from; `None` if it was removed or written meanwhile.
+    /// Stores a reloaded value only if the key still holds the entry of write `basis`, the one
+    /// the reload started from; `None` if it was removed, expired or written meanwhile.
     pub(crate) fn store_reloaded(
         &self,
         key: Key<W>,
         value: Arc<Value<W>>,
-        basis: &Arc<Value<W>>,
+        basis: u64,
     ) -> Option<bool> {
         let entry = self.entry_now(&key, value.clone());
         let order = self.write_order.lock();
@@ -172,9 +176,10 @@ impl<W: CacheWorker> Inner<W> {
     }
 
     /// Removes a key a reload found gone upstream, unless it was written meanwhile.
-    pub(crate) fn remove_reloaded(&self, key: &Key<W>, basis: &Arc<Value<W>>) -> bool {
+    pub(crate) fn remove_reloaded(&self, key: &Key<W>, basis: u64) -> bool {
+        let now = self.clock.now_ms();
         let _order = self.write_order.lock();
-        let Some((key, entry)) = self.bucket.remove_same(key, basis) else {
+        let Some((key, entry)) = self.bucket.remove_same(key, basis, now) else {
             return false;
         };
         self.after_remove(key, entry.value, RemovalCause::Gone);
@@ -222,6 +227,10 @@ impl<W: CacheWorker> Inner<W> {
                     previous,
                 });
             }
+            Change::AfterExpiry { expired } => {
+                self.after_remove(key.clone(), expired, RemovalCause::Expired);
+                self.after_change(key, value, Change::Inserted, source);
+            }
         }
     }
 
@@ -245,12 +254,18 @@ impl<W: CacheWorker> Inner<W> {
         Key<W>: std::borrow::Borrow<Q>,
         Q: std::hash::Hash + Eq + ?Sized,
     {
+        let now = self.clock.now_ms();
         let _order = self.write_order.lock();
         if let Some((_, in_flight)) = self.flights.remove(key) {
             // Read under `write_order` by the load before it stores.
             in_flight.stale.store(true, Ordering::Relaxed);
         }
         let (key, entry) = self.bucket.remove(key)?;
+        if entry.expired(now) {
+            // Gone already for readers: what it had is not handed back.
+            self.after_remove(key, entry.value, RemovalCause::Expired);
+            return None;
+        }
         self.after_remove(key, entry.value.clone(), RemovalCause::Invalidated);
         Some(entry.value)
     }
@@ -290,11 +305,10 @@ impl<W: CacheWorker> Inner<W> {
         })
     }
 
-    /// Sends an event if anyone listens; building it costs nothing otherwise.
+    /// Sends an event if anyone listens; building it costs nothing otherwise. Called with
+    /// `write_order` held.
     pub(crate) fn emit(&self, event: impl FnOnce() -> Event<Key<W>, Value<W>>) {
-        if self.events.receiver_count() > 0 {
-            let _ = self.events.send(event());
-        }
+        self.events.send(event);
     }
 
     pub(crate) fn mark_dirty(&self) {

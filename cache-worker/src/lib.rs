@@ -59,6 +59,7 @@ mod load;
 mod prefetch;
 mod refresh;
 mod slot;
+mod start;
 mod stats;
 mod worker;
 
@@ -71,6 +72,7 @@ pub use error::{Error, FetchError};
 pub use events::{Event, EventStream, RemovalCause};
 pub use handle::{Builder, Fetched, Worker};
 pub use refresh::RefreshReport;
+pub use start::{ColdStart, StartKind};
 pub use stats::Stats;
 pub use worker::{CacheWorker, Entries, SeedError};
 

@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::time::{DelayQueue, delay_queue};
 
-use crate::bucket::{Entry, NEVER};
+use crate::bucket::{BulkLoad, Entry, NEVER};
 use crate::clock::add_ms;
 use crate::events::{Event, RemovalCause};
 use crate::inner::{Inner, Key, Source, Value};
@@ -322,6 +322,7 @@ impl<W: CacheWorker> Refresher<W> {
                 inner.bucket_name()
             );
             if !cycle.bulk_failed {
+                let _order = inner.write_order.lock();
                 inner.emit(|| Event::FullReload { count: r.entries });
             }
         }
@@ -356,18 +357,18 @@ async fn reload<W: CacheWorker>(inner: &Inner<W>, key: Key<W>) -> Reloaded {
     let Ok(_permit) = inner.limiter.acquire().await else {
         return Reloaded::Vanished;
     };
-    // What this reload revalidates: if the entry is removed or written while it runs, the
-    // result is older than the bucket and is dropped.
-    let Some(basis) = inner.bucket.peek(&key) else {
+    // The write this reload revalidates: if the entry is removed, expired or written (even with
+    // an equal value) while it runs, the result is older than the bucket and is dropped.
+    let Some(basis) = inner.bucket.stamp_of(&key) else {
         return Reloaded::Vanished;
     };
     match load_one(inner, &key).await {
-        Ok(Some(value)) => match inner.store_reloaded(key, Arc::new(value), &basis) {
+        Ok(Some(value)) => match inner.store_reloaded(key, Arc::new(value), basis) {
             Some(true) => Reloaded::Changed,
             Some(false) => Reloaded::Unchanged,
             None => Reloaded::Vanished,
         },
-        Ok(None) if inner.remove_reloaded(&key, &basis) => Reloaded::Gone,
+        Ok(None) if inner.remove_reloaded(&key, basis) => Reloaded::Gone,
         Ok(None) => Reloaded::Vanished,
         Err(_) => {
             bump(&inner.stats.refresh_failures);
@@ -379,6 +380,8 @@ async fn reload<W: CacheWorker>(inner: &Inner<W>, key: Key<W>) -> Reloaded {
 /// One full cycle: the bulk load if the worker has one, else every key (or every stale key).
 async fn run_cycle<W: CacheWorker>(inner: Arc<Inner<W>>, scope: Scope) -> Cycle<Key<W>> {
     let started = Instant::now();
+    // Writes from here on are newer than what `load_all` reads: its swap leaves them be.
+    let bulk_load = inner.bucket.bulk_load();
     let bulk = isolate(&inner, "load_all", None, async {
         inner.state.load_all().await.transpose()
     })
@@ -388,7 +391,7 @@ async fn run_cycle<W: CacheWorker>(inner: Arc<Inner<W>>, scope: Scope) -> Cycle<
         Ok(Some(entries)) => {
             bump(&inner.stats.loads);
             bump(&inner.stats.bulk_loads);
-            replace_all(&inner, entries)
+            replace_all(&inner, bulk_load, entries)
         }
         Err(_) => {
             bump(&inner.stats.loads);
@@ -473,6 +476,7 @@ async fn reload_keys<W: CacheWorker>(inner: &Arc<Inner<W>>, scope: Scope) -> Cyc
 /// Swaps in a whole collection and reports the difference as events.
 fn replace_all<W: CacheWorker>(
     inner: &Inner<W>,
+    bulk_load: BulkLoad<'_, Key<W>, Value<W>>,
     entries: Vec<(Key<W>, Value<W>)>,
 ) -> Cycle<Key<W>> {
     let mut report = RefreshReport {
@@ -483,29 +487,32 @@ fn replace_all<W: CacheWorker>(
     // An entry already past its expiry (`expire_after` gave zero) is not stored: it would only
     // be removed again at once, or, after it expired, come back with every reload. Compared
     // with the entry's own load time, not a `now` read before it, which may be a tick older.
-    let entries = entries
+    let entries: Vec<_> = entries
         .into_iter()
         .map(|(key, value)| {
             let entry = inner.entry_now(&key, Arc::new(value));
             (key, entry)
         })
-        .filter(|(_, entry)| entry.expires_at > entry.loaded_at)
+        .filter(|(_, entry)| !entry.expired(entry.loaded_at))
         .collect();
+    let now = inner.clock.now_ms();
     let order = inner.write_order.lock();
-    let diff = inner.bucket.replace_all(entries);
+    let diff = inner.bucket.replace_all(bulk_load, entries, now);
     let mut stored = Vec::with_capacity(diff.changes.len());
     for (key, value, change) in diff.changes {
         match change {
-            Change::Inserted => report.inserted += 1,
+            Change::Inserted | Change::AfterExpiry { .. } => report.inserted += 1,
             Change::Updated { .. } => report.updated += 1,
             Change::Unchanged => report.unchanged += 1,
         }
         stored.push((key.clone(), value.clone()));
         inner.after_change(key, value, change, Source::Refresh);
     }
-    report.removed = diff.removed.len();
-    for (key, value) in diff.removed {
-        inner.after_remove(key, value, RemovalCause::Gone);
+    for (key, value, cause) in diff.removed {
+        if cause == RemovalCause::Gone {
+            report.removed += 1;
+        }
+        inner.after_remove(key, value, cause);
     }
     drop(order);
     for (key, value) in stored {

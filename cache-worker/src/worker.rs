@@ -66,12 +66,17 @@ pub trait CacheWorker: Send + Sync + Sized + 'static {
     /// difference is emitted as `Inserted` / `Updated` / `Removed { cause: Gone }` events,
     /// followed by one `FullReload`. `Some(Err(_))` keeps the old contents.
     ///
+    /// The collection is what upstream held when the call began: a key written (`insert`, a
+    /// load) or removed (`invalidate`, expiry) while it ran keeps what that write made, and
+    /// every other key follows the collection.
+    ///
     /// A worker with a bulk load runs its first cycle right after a cold start.
     fn load_all(&self) -> impl Future<Output = Option<Result<Entries<Self>, Self::Error>>> + Send {
         async { None }
     }
 
-    /// Seeds the bucket on a cold start (never after a dump was restored).
+    /// Seeds the bucket on a cold start: whenever the dump file is absent, refused, damaged or
+    /// gives no live entry (see [`StartKind`](crate::StartKind)); never after a dump gave one.
     ///
     /// `Err(SeedError::Skip(_))` — what `?` gives — is logged and the start goes on with an
     /// empty bucket; `Err(SeedError::Abort(_))` makes `start()` fail with
@@ -96,7 +101,10 @@ pub trait CacheWorker: Send + Sync + Sized + 'static {
     /// (`Removed { cause: Expired }`).
     ///
     /// `None` (the default) means never. The deadline is fixed when the value is stored and is
-    /// kept in dump files, so a restart does not extend it.
+    /// kept in dump files, so a restart does not extend it. From the deadline on, reads treat
+    /// the key as absent (`peek` gives `None`, `get`/`fetch` load again) even if the refresher
+    /// has not removed it yet; its `Removed { cause: Expired }` comes when it is removed, or
+    /// just before the next write of the key.
     fn expire_after(&self, key: &Self::Key, value: &Self::Value) -> Option<Duration> {
         let _ = (key, value);
         None
