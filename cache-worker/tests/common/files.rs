@@ -1,0 +1,98 @@
+//! Dump files in tests: where a damaged one is moved, what a directory holds, what a fresh
+//! start would restore.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use cache_worker::{Builder, Worker};
+
+use super::started::builder;
+use super::upstream::Upstream;
+
+pub const HOUR: Duration = Duration::from_secs(3600);
+
+/// `<file>.corrupt`, where a damaged dump is moved.
+pub fn corrupt_path(file: &Path) -> PathBuf {
+    let mut name = file.as_os_str().to_owned();
+    name.push(".corrupt");
+    PathBuf::from(name)
+}
+
+/// Names in `dir`, sorted.
+pub fn listing(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("read_dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Temp files of a dump left in `dir` (none if `dir` is gone).
+pub fn temp_files(dir: &Path) -> Vec<String> {
+    let listing = match std::fs::read_dir(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+        listing => listing.expect("read_dir"),
+    };
+    listing
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.contains(".tmp."))
+        .collect()
+}
+
+/// The wall clock in milliseconds since 1970, as dumps store entry times.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as u64
+}
+
+/// Writes a dump of `bucket` holding `k{i}` → `i` for `i < n` (through a worker that inserts
+/// and shuts down) and returns its bytes.
+pub async fn write_dump(file: &Path, bucket: &str, n: u64) -> Vec<u8> {
+    let w = started_on(&Upstream::new(), bucket, file).await;
+    for i in 0..n {
+        w.insert(format!("k{i}"), i);
+    }
+    w.shutdown().await;
+    std::fs::read(file).expect("the final dump was written")
+}
+
+/// What a fresh start from `file` restores, read by a probe that writes nothing (it is
+/// dropped without a shutdown).
+pub async fn on_disk(bucket: &str, file: &Path) -> HashMap<String, u64> {
+    let probe = builder(&Upstream::new(), bucket)
+        .file(file)
+        .start()
+        .await
+        .expect("probe");
+    let restored: HashMap<String, u64> = probe
+        .keys()
+        .into_iter()
+        .filter_map(|k| probe.peek(&k).map(|v| (k, *v)))
+        .collect();
+    assert_eq!(probe.stats().restored, restored.len() as u64);
+    restored
+}
+
+/// A worker of `bucket` on `file` whose periodic refresh is an hour away: nothing reloads during
+/// a test unless the test asks for it.
+pub fn dumping(up: &Upstream, bucket: &str, file: &Path) -> Builder<Upstream> {
+    builder(up, bucket).file(file).refresh(HOUR)
+}
+
+/// [`dumping`], started.
+pub async fn started_on(up: &Upstream, bucket: &str, file: &Path) -> Worker<Upstream> {
+    dumping(up, bucket, file).start().await.expect("start")
+}
+
+/// A temporary directory and the path of a dump file `name` in it (not created); the directory
+/// goes when the first is dropped.
+pub fn temp_dump(name: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join(name);
+    (dir, file)
+}
