@@ -1,6 +1,6 @@
 //! Cancellation and time: reads and refreshes dropped part-way, loads cut by the load timeout,
-//! refresh and expiry schedules on tokio's paused clock, and shutdown while loads and dumps are
-//! in flight (with real dump files in temporary directories).
+//! and refresh and expiry schedules on tokio's paused clock. Shutdown while loads and dumps are
+//! in flight is in `shutdown.rs`.
 //!
 //! Covered elsewhere and not repeated here (tests/worker.rs): one aborted waiter of a coalesced
 //! load, a plain load timeout, periodic refresh with backoff, per-entry refresh and expiry.
@@ -9,23 +9,16 @@ mod common;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
-use std::task::{Context, Poll, Waker};
+use std::task::Poll;
 use std::time::Duration;
 
-use cache_worker::{CacheWorker, Entries, Event, FetchError, RemovalCause, Worker};
-use common::{Reply, Upstream, key, settle};
-use futures_util::StreamExt;
+use cache_worker::{CacheWorker, Entries, Event, FetchError, RemovalCause};
+use common::{Reply, Timeline, Upstream, builder, drain, key, poll_once, started};
 use parking_lot::Mutex;
 use tokio::time::Instant;
-
-/// Polls `future` once with a waker that does nothing, as a caller that is about to give up.
-fn poll_once<F: Future + ?Sized>(future: Pin<&mut F>) -> Poll<F::Output> {
-    future.poll(&mut Context::from_waker(Waker::noop()))
-}
 
 // ---------------------------------------------------------------------------------------------
 // Reads dropped part-way
@@ -93,12 +86,7 @@ enum Read {
 #[tokio::test(start_paused = true)]
 async fn a_read_dropped_at_any_point_strands_nothing() {
     let up = Steps::default();
-    let worker = Worker::builder(up.clone())
-        .bucket("dropped-reads")
-        .refresh(Duration::ZERO)
-        .start()
-        .await
-        .expect("start");
+    let worker = started(&up, "dropped-reads").await;
     let mut next_key = 0;
     let mut second_waiters = 0;
     let mut dropped_unsaved = 0;
@@ -213,12 +201,7 @@ async fn a_refresh_all_dropped_part_way_leaves_the_refresher_running() {
     for k in ["a", "b", "c"] {
         up.set_value(k, 1);
     }
-    let worker = Worker::builder(up.clone())
-        .bucket("dropped-refresh")
-        .refresh(Duration::ZERO)
-        .start()
-        .await
-        .expect("start");
+    let worker = started(&up, "dropped-refresh").await;
     for k in ["a", "b", "c"] {
         worker.fetch(&key(k)).await.expect("load");
     }
@@ -255,9 +238,7 @@ async fn a_hung_load_times_out_for_every_waiter_at_once() {
     let up = Upstream::new();
     up.set("hung", Reply::Hang);
     let timeout = Duration::from_secs(3);
-    let worker = Worker::builder(up.clone())
-        .bucket("hung-waiters")
-        .refresh(Duration::ZERO)
+    let worker = builder(&up, "hung-waiters")
         .load_timeout(timeout)
         .start()
         .await
@@ -294,9 +275,7 @@ async fn a_hung_reload_keeps_the_old_value_and_ends_the_cycle_at_the_timeout() {
     up.set_value("a", 1);
     up.set_value("b", 2);
     let timeout = Duration::from_secs(4);
-    let worker = Worker::builder(up.clone())
-        .bucket("hung-reload")
-        .refresh(Duration::ZERO)
+    let worker = builder(&up, "hung-reload")
         .load_timeout(timeout)
         .start()
         .await
@@ -350,9 +329,7 @@ async fn a_hung_bulk_load_keeps_the_collection() {
     let up = HangingBulk::default();
     *up.collection.lock() = Some(vec![(1, 10), (2, 20)]);
     let timeout = Duration::from_secs(5);
-    let worker = Worker::builder(up.clone())
-        .bucket("hung-bulk")
-        .refresh(Duration::ZERO)
+    let worker = builder(&up, "hung-bulk")
         .load_timeout(timeout)
         .start()
         .await
@@ -380,42 +357,32 @@ async fn a_hung_bulk_load_keeps_the_collection() {
 async fn the_refresh_interval_counts_from_the_end_of_the_previous_cycle() {
     let up = Upstream::new();
     up.set_value("a", 1);
-    let worker = Worker::builder(up.clone())
-        .bucket("interval")
+    let worker = builder(&up, "interval")
         .refresh(Duration::from_secs(60))
         .start()
         .await
         .expect("start");
-    let began = Instant::now();
+    let timeline = Timeline::begin();
     worker.fetch(&key("a")).await.expect("a");
     up.set_delay(Duration::from_secs(20));
-    let at = |secs: u64| tokio::time::sleep_until(began + Duration::from_secs(secs));
 
-    at(59).await;
+    timeline.at(59).await;
     assert_eq!(up.loads_of("a"), 1, "no cycle before 60 s");
-    at(61).await;
+    timeline.at(61).await;
     assert_eq!(up.loads_of("a"), 2, "the first cycle began at 60 s");
-    at(79).await;
+    timeline.at(79).await;
     assert_eq!(worker.stats().refresh_cycles, 0, "it takes 20 s");
-    at(81).await;
+    timeline.at(81).await;
     assert_eq!(worker.stats().refresh_cycles, 1, "and ended at 80 s");
-    at(139).await;
+    timeline.at(139).await;
     assert_eq!(
         up.loads_of("a"),
         2,
         "the next is due 60 s after the end, not the start"
     );
-    at(141).await;
+    timeline.at(141).await;
     assert_eq!(up.loads_of("a"), 3, "the second cycle began at 140 s");
     worker.shutdown().await;
-}
-
-async fn drain(events: &mut cache_worker::EventStream<String, u64>) -> Vec<Event<String, u64>> {
-    let mut seen = Vec::new();
-    while let Ok(Some(e)) = tokio::time::timeout(Duration::ZERO, events.next()).await {
-        seen.push(e);
-    }
-    seen
 }
 
 /// Reloads that fail and hang keep the old value (stale-if-error), but not past its expiry:
@@ -426,23 +393,20 @@ async fn an_entry_whose_reloads_fail_or_hang_still_expires_on_time() {
     up.set_value("e", 1);
     *up.refresh_after.lock() = Some(Duration::from_secs(10));
     *up.expire_after.lock() = Some(Duration::from_secs(30));
-    let worker = Worker::builder(up.clone())
-        .bucket("expiry-under-failure")
-        .refresh(Duration::ZERO)
+    let worker = builder(&up, "expiry-under-failure")
         .load_timeout(Duration::from_secs(4))
         .retry_backoff(Duration::from_secs(1), Duration::from_secs(2))
         .start()
         .await
         .expect("start");
     let mut events = worker.subscribe();
-    let began = Instant::now();
+    let timeline = Timeline::begin();
     worker.fetch(&key("e")).await.expect("e");
     up.set("e", Reply::Hang);
-    let at = |secs: u64| tokio::time::sleep_until(began + Duration::from_secs(secs));
 
-    at(16).await;
+    timeline.at(16).await;
     up.set("e", Reply::Fail("upstream down"));
-    at(29).await;
+    timeline.at(29).await;
     assert_eq!(
         worker.peek("e").as_deref(),
         Some(&1),
@@ -450,7 +414,7 @@ async fn an_entry_whose_reloads_fail_or_hang_still_expires_on_time() {
     );
     let stats = worker.stats();
     assert!(stats.timeouts >= 1 && stats.load_errors >= 1, "{stats:?}");
-    at(31).await;
+    timeline.at(31).await;
     assert_eq!(
         worker.peek("e"),
         None,
@@ -474,7 +438,7 @@ async fn an_entry_whose_reloads_fail_or_hang_still_expires_on_time() {
         ]
     );
     let loads = up.loads_of("e");
-    at(120).await;
+    timeline.at(120).await;
     assert_eq!(up.loads_of("e"), loads, "an expired entry is not reloaded");
     worker.shutdown().await;
 }
@@ -487,24 +451,18 @@ async fn an_entry_that_expires_while_it_reloads_stays_expired() {
     up.set_value("x", 1);
     *up.refresh_after.lock() = Some(Duration::from_secs(28));
     *up.expire_after.lock() = Some(Duration::from_secs(30));
-    let worker = Worker::builder(up.clone())
-        .bucket("expiry-during-reload")
-        .refresh(Duration::ZERO)
-        .start()
-        .await
-        .expect("start");
+    let worker = started(&up, "expiry-during-reload").await;
     let mut events = worker.subscribe();
-    let began = Instant::now();
+    let timeline = Timeline::begin();
     worker.fetch(&key("x")).await.expect("x");
     up.set_delay(Duration::from_secs(5));
     up.set_value("x", 2);
-    let at = |secs: u64| tokio::time::sleep_until(began + Duration::from_secs(secs));
 
-    at(29).await;
+    timeline.at(29).await;
     assert_eq!(up.loads_of("x"), 2, "the reload began at 28 s");
-    at(31).await;
+    timeline.at(31).await;
     assert_eq!(worker.peek("x"), None, "expired at 30 s");
-    at(40).await;
+    timeline.at(40).await;
     assert_eq!(
         worker.peek("x"),
         None,
@@ -523,272 +481,4 @@ async fn an_entry_that_expires_while_it_reloads_stays_expired() {
         "{seen:?}"
     );
     worker.shutdown().await;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Shutdown
-// ---------------------------------------------------------------------------------------------
-
-/// A worker on `file` with no periodic refresh, and a dump writer that, after its first dump,
-/// waits an hour before the next: what reaches the disk after that is the shutdown's doing.
-async fn on_file(up: &Upstream, bucket: &str, file: &Path) -> Worker<Upstream> {
-    Worker::builder(up.clone())
-        .bucket(bucket)
-        .file(file)
-        .refresh(Duration::ZERO)
-        .dump_interval(Duration::from_secs(3600))
-        .shutdown_timeout(Duration::from_secs(5))
-        .start()
-        .await
-        .expect("start")
-}
-
-/// What a fresh start from `file` restores, read by a probe that writes nothing (it is
-/// dropped without a shutdown).
-async fn on_disk(bucket: &str, file: &Path) -> HashMap<String, u64> {
-    let probe = Worker::builder(Upstream::new())
-        .bucket(bucket)
-        .file(file)
-        .refresh(Duration::ZERO)
-        .start()
-        .await
-        .expect("probe");
-    let restored: HashMap<String, u64> = probe
-        .keys()
-        .into_iter()
-        .filter_map(|k| probe.peek(&k).map(|v| (k, *v)))
-        .collect();
-    assert_eq!(probe.stats().restored, restored.len() as u64);
-    restored
-}
-
-/// Waits (bounded) until the background writer has written its first dump.
-async fn first_dump_written(worker: &Worker<Upstream>) {
-    for _ in 0..1_000 {
-        if worker.stats().dump_writes >= 1 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("no dump was written");
-}
-
-/// Shutdown while loads, the background writer and an explicit dump are in flight: it waits
-/// for the loads, and the final dump holds everything stored before it, including the writes
-/// made after the in-flight dump took its copy. The restart is warm with all of it.
-#[tokio::test(start_paused = true)]
-async fn shutdown_with_loads_and_dumps_in_flight_loses_nothing() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let file = dir.path().join("busy.dump");
-    let up = Upstream::new();
-    for i in 0..20 {
-        up.set_value(&format!("slow{i}"), 1_000 + i);
-    }
-    let worker = on_file(&up, "busy", &file).await;
-    for i in 0..5_000 {
-        worker.insert(format!("k{i}"), i);
-    }
-    up.set_delay(Duration::from_secs(2));
-    let fetches: Vec<_> = (0..20)
-        .map(|i| {
-            let worker = worker.clone();
-            tokio::spawn(async move { worker.fetch(&format!("slow{i}")).await })
-        })
-        .collect();
-    settle().await;
-    let dump = tokio::spawn({
-        let worker = worker.clone();
-        async move { worker.dump().await }
-    });
-    tokio::task::yield_now().await;
-    for i in 5_000..6_000 {
-        worker.insert(format!("k{i}"), i);
-    }
-    let began = Instant::now();
-    worker.shutdown().await;
-    let waited = began.elapsed();
-    assert!(
-        waited >= Duration::from_millis(1_900) && waited < Duration::from_secs(5),
-        "shutdown waited {waited:?} for 2 s loads (timeout 5 s)"
-    );
-    for (i, fetch) in fetches.into_iter().enumerate() {
-        let value = fetch
-            .await
-            .expect("no waiter panics")
-            .expect("the load finished");
-        assert_eq!(*value, 1_000 + i as u64);
-    }
-    dump.await.expect("join").expect("the explicit dump");
-    assert_eq!(worker.stats().dump_failures, 0);
-    drop(worker);
-
-    let restored = on_disk("busy", &file).await;
-    assert_eq!(
-        restored.len(),
-        6_020,
-        "a warm start with every stored value"
-    );
-    for i in 0..6_000 {
-        assert_eq!(restored.get(&format!("k{i}")), Some(&i), "k{i}");
-    }
-    for i in 0..20 {
-        assert_eq!(
-            restored.get(&format!("slow{i}")),
-            Some(&(1_000 + i)),
-            "slow{i}"
-        );
-    }
-}
-
-/// A hung load does not hold shutdown past its timeout: the final dump is written without it,
-/// a refresh cycle in flight ends with `ShutDown`, and the hung fetch still ends at the load
-/// timeout.
-#[tokio::test(start_paused = true)]
-async fn shutdown_gives_up_on_a_hung_load_at_the_shutdown_timeout() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let file = dir.path().join("hung.dump");
-    let up = Upstream::new();
-    up.set("hung", Reply::Hang);
-    let load_timeout = Duration::from_secs(3600);
-    let worker = Worker::builder(up.clone())
-        .bucket("hung")
-        .file(&file)
-        .refresh(Duration::ZERO)
-        .load_timeout(load_timeout)
-        .shutdown_timeout(Duration::from_secs(5))
-        .start()
-        .await
-        .expect("start");
-    for i in 0..100 {
-        up.set_value(&format!("k{i}"), i);
-        worker.insert(format!("k{i}"), i);
-    }
-    up.set("k0", Reply::Hang);
-    let fetch = tokio::spawn({
-        let worker = worker.clone();
-        async move { worker.fetch(&key("hung")).await }
-    });
-    let cycle = tokio::spawn({
-        let worker = worker.clone();
-        async move { worker.refresh_all().await }
-    });
-    settle().await;
-    assert_eq!(up.loads_of("hung"), 1);
-    assert_eq!(up.loads_of("k0"), 1, "the cycle is stuck on k0");
-
-    let began = Instant::now();
-    worker.shutdown().await;
-    let waited = began.elapsed();
-    assert!(
-        waited >= Duration::from_secs(5) && waited < Duration::from_secs(6),
-        "shutdown took {waited:?} with a 5 s shutdown timeout"
-    );
-    let cycle = cycle.await.expect("join");
-    assert!(
-        matches!(cycle, Err(cache_worker::Error::ShutDown { .. })),
-        "{cycle:?}"
-    );
-    let fetched = fetch.await.expect("join");
-    assert!(
-        matches!(fetched, Err(FetchError::Timeout(d)) if d == load_timeout),
-        "{fetched:?}"
-    );
-    drop(worker);
-
-    let restored = on_disk("hung", &file).await;
-    assert_eq!(restored.len(), 100);
-    assert_eq!(restored.get("k0"), Some(&0), "the hung reload kept k0");
-}
-
-/// A worker on a file that has dumped `a`, then got `b` (not yet on disk: the writer waits an
-/// hour), with a 3 s load in flight.
-async fn shutdown_scene(file: &Path) -> (Upstream, Worker<Upstream>) {
-    let up = Upstream::new();
-    up.set_value("slow", 3);
-    let worker = on_file(&up, "scene", file).await;
-    worker.insert(key("a"), 1);
-    first_dump_written(&worker).await;
-    worker.insert(key("b"), 2);
-    up.set_delay(Duration::from_secs(3));
-    tokio::spawn({
-        let worker = worker.clone();
-        async move { worker.fetch(&key("slow")).await }
-    });
-    settle().await;
-    assert_eq!(up.loads_of("slow"), 1);
-    (up, worker)
-}
-
-/// Two shutdowns at once (say, a signal handler and the main task): neither returns before
-/// the final dump is on disk, or a process that exits when one returns loses the last writes.
-#[tokio::test(start_paused = true)]
-async fn concurrent_shutdowns_both_return_after_the_final_dump() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let file = dir.path().join("scene.dump");
-    let (_up, worker) = shutdown_scene(&file).await;
-    let first = tokio::spawn({
-        let worker = worker.clone();
-        async move { worker.shutdown().await }
-    });
-    settle().await;
-    assert!(!first.is_finished(), "the first waits for the 3 s load");
-    worker.shutdown().await;
-    let restored = on_disk("scene", &file).await;
-    assert_eq!(
-        restored.get("b"),
-        Some(&2),
-        "the second shutdown returned before the final dump was written"
-    );
-    first.await.expect("join");
-}
-
-/// A shutdown future dropped part-way (say, under the caller's own timeout): calling shutdown
-/// again completes it, final dump included.
-#[tokio::test(start_paused = true)]
-async fn a_shutdown_dropped_part_way_is_completed_by_the_next_call() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let file = dir.path().join("scene.dump");
-    let (_up, worker) = shutdown_scene(&file).await;
-    {
-        let mut first = Box::pin(worker.shutdown());
-        assert!(
-            poll_once(first.as_mut()).is_pending(),
-            "waiting for the load"
-        );
-    }
-    tokio::time::timeout(Duration::from_secs(60), worker.shutdown())
-        .await
-        .expect("the second shutdown returns");
-    let restored = on_disk("scene", &file).await;
-    assert_eq!(
-        restored.get("b"),
-        Some(&2),
-        "after a dropped shutdown, shutting down again wrote no final dump"
-    );
-}
-
-/// `EventStream`'s documentation: "The stream ends when the worker is dropped or shut down."
-/// After a shutdown a subscriber gets the events sent before it, then the end.
-#[tokio::test(start_paused = true)]
-async fn a_subscriber_stream_ends_at_shutdown() {
-    let up = Upstream::new();
-    let worker = Worker::builder(up.clone())
-        .bucket("stream-end")
-        .refresh(Duration::ZERO)
-        .start()
-        .await
-        .expect("start");
-    let mut events = worker.subscribe();
-    worker.insert(key("a"), 1);
-    worker.insert(key("b"), 2);
-    worker.shutdown().await;
-    let mut seen = Vec::new();
-    loop {
-        match tokio::time::timeout(Duration::from_secs(60), events.next()).await {
-            Ok(Some(event)) => seen.push(event),
-            Ok(None) => break,
-            Err(_) => panic!("the stream did not end at shutdown (after {seen:?})"),
-        }
-    }
-    assert_eq!(seen.len(), 2, "{seen:?}");
 }
