@@ -3,95 +3,29 @@
 //! 500s and timeouts for longer than several refresh periods while readers run. Every cached
 //! key is answered from memory, nothing is removed, the refresher's retries back off (bounded
 //! in the fake's request counts), and the workers recover by themselves when the server does.
+//! The per-session polls in an outage are in `vista_session_polls.rs`.
 //!
 //! The real clock throughout: the fake serves real sockets, and tokio's paused clock would
 //! auto-advance while waiting on them and fire timeouts that never happened. The settings are
 //! short (refresh every 1 s, retries after 100 ms doubling to 800 ms) and every wait is bounded
 //! by [`GUARD`], a guard against hangs rather than a speed assertion. Request counts are
-//! checked against bounds derived from the backoff schedule, with slack, never exactly.
+//! checked against bounds derived from the backoff schedule, with slack, never exactly (the
+//! settings, the schedule and the machinery are in `common/outage.rs`).
 //!
 //! Lines starting with `[figures]` (shown with `--nocapture`) give what was measured.
 
-use std::fmt::Debug;
-use std::future::Future;
+mod common;
+
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use cache_worker::vista::testing::{FakeVista, Route};
-use cache_worker::vista::{Cinemas, Feed, Films, Session, Sessions, VistaClient, VistaError};
-use cache_worker::vista::{VistaWorker, poll_interval};
-use cache_worker::{Builder, CacheWorker, Event, FetchError, RemovalCause, Stats, Worker};
-use futures_util::StreamExt;
-use parking_lot::Mutex;
-use tokio::task::JoinHandle;
-
-/// The refresh period of every worker here.
-const REFRESH: Duration = Duration::from_secs(1);
-/// The first retry delay of a failed reload; it doubles with each further failure...
-const RETRY_MIN: Duration = Duration::from_millis(100);
-/// ... up to this.
-const RETRY_MAX: Duration = Duration::from_millis(800);
-// A failed bulk reload is retried after `min(retry delay, refresh period)`; with the longest
-// retry delay below the period, the schedule below is the retry delay alone.
-const _: () = assert!(RETRY_MAX.as_millis() < REFRESH.as_millis());
-/// How long the 500 outage lasts: five refresh periods.
-const OUTAGE: Duration = Duration::from_secs(5);
-/// How long the timeout outage lasts: three refresh periods.
-const SLOW_OUTAGE: Duration = Duration::from_secs(3);
-/// The fake's latency in the timeout outage, ...
-const LATENCY: Duration = Duration::from_secs(1);
-/// ... well past the client's timeout.
-const CLIENT_TIMEOUT: Duration = Duration::from_millis(250);
-/// The longest any single wait may take: a guard against hangs, not a speed assertion.
-const GUARD: Duration = Duration::from_secs(5);
-/// How often waits look again.
-const POLL: Duration = Duration::from_millis(2);
-/// Requests allowed over a computed bound: one in flight at each edge of a window, and one
-/// more for the sampling of the fake's counters.
-const SLACK: u64 = 3;
-/// The Sessions TTL: sessions whose poll interval is `None` or at least a minute are not
-/// polled on their own within one test.
-const SESSIONS_TTL: Duration = Duration::from_secs(3600);
-/// The poll interval of a session that starts within ten minutes.
-const NEAR_POLL: Duration = Duration::from_secs(10);
-
-/// Entries in the recorded feed.
-const CINEMAS: usize = 13;
-const FILMS: usize = 54;
-const SESSIONS: usize = 362;
-
-// ---------------------------------------------------------------------------------------------
-// The backoff schedule, as the settings document it.
-
-/// The delay before retry `n` (1-based) of a failed reload: `RETRY_MIN`, doubled with each
-/// further failure, at most `RETRY_MAX`.
-fn retry_delay(n: u32) -> Duration {
-    RETRY_MIN
-        .saturating_mul(1 << n.saturating_sub(1).min(20))
-        .min(RETRY_MAX)
-}
-
-/// The most attempts one retry schedule (starting from no failures) can make in `window` when
-/// every failed attempt takes at least `attempt`: one at the window's start, then one after
-/// each retry delay.
-fn backoff_bound(window: Duration, attempt: Duration) -> u64 {
-    let mut at = Duration::ZERO;
-    let mut n = 1u32;
-    loop {
-        at += attempt + retry_delay(n);
-        if at > window {
-            return u64::from(n);
-        }
-        n += 1;
-    }
-}
-
-/// The same for a schedule that retries every `RETRY_MIN`, without backoff.
-fn fixed_interval_bound(window: Duration, attempt: Duration) -> u64 {
-    let step = (attempt + RETRY_MIN).as_micros();
-    u64::try_from(window.as_micros() / step).unwrap_or(u64::MAX) + 1
-}
+use cache_worker::vista::testing::FakeVista;
+use cache_worker::vista::{Cinemas, Films, Sessions, VistaError};
+use cache_worker::{Event, FetchError, RemovalCause, Worker};
+use common::outage::*;
+use common::vista::{CINEMAS, FILMS, SESSIONS, client, far_fake};
+use common::{until, within};
 
 #[test]
 fn the_bounds_follow_the_schedule() {
@@ -112,389 +46,6 @@ fn the_bounds_follow_the_schedule() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Helpers.
-
-/// Fails the test if `future` takes longer than `limit`.
-async fn within<T>(limit: Duration, what: &str, future: impl Future<Output = T>) -> T {
-    match tokio::time::timeout(limit, future).await {
-        Ok(value) => value,
-        Err(_) => panic!("{what} did not finish within {limit:?}"),
-    }
-}
-
-/// Polls `check` until it gives a value, for at most `limit`.
-async fn until<T>(limit: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    within(limit, what, async {
-        loop {
-            if let Some(value) = check() {
-                return value;
-            }
-            tokio::time::sleep(POLL).await;
-        }
-    })
-    .await
-}
-
-/// A client of `fake` that does not retry on its own: each failed request is one failed load,
-/// so the fake's request counts show the refresher's schedule.
-fn client(fake: &FakeVista) -> VistaClient {
-    VistaClient::new(fake.base_url(), fake.token())
-        .expect("a valid client")
-        .with_attempts(1)
-        .with_time_zone(fake.time_zone().clone())
-}
-
-/// A fake whose shows all start at least 3 hours from now: no session is polled on its own,
-/// so each route sees the bulk reloads and nothing else.
-async fn far_fake() -> FakeVista {
-    FakeVista::builder()
-        .first_show_in(Duration::from_secs(3 * 3600))
-        .start()
-        .await
-        .expect("the fake Vista server starts")
-}
-
-/// Starts a worker with the short settings (and whatever `configure` adds), memory only, and
-/// waits until its collection is loaded.
-async fn start<F: Feed>(
-    client: VistaClient,
-    configure: impl FnOnce(Builder<VistaWorker<F>>) -> Builder<VistaWorker<F>>,
-) -> Worker<VistaWorker<F>> {
-    let builder = VistaWorker::<F>::new(client)
-        .builder()
-        .refresh(REFRESH)
-        .retry_backoff(RETRY_MIN, RETRY_MAX)
-        .no_file();
-    let worker = configure(builder).start().await.expect("the worker starts");
-    let report = within(GUARD, "the first load", worker.refresh_all())
-        .await
-        .expect("the worker runs");
-    assert!(report.bulk && report.failed == 0, "{report:?}");
-    worker
-}
-
-struct Three {
-    cinemas: Worker<Cinemas>,
-    films: Worker<Films>,
-    sessions: Worker<Sessions>,
-}
-
-async fn start_three(fake: &FakeVista) -> Three {
-    let three = Three {
-        cinemas: start(client(fake), |b| b).await,
-        films: start(client(fake), |b| b).await,
-        sessions: start(client(fake), |b| b).await,
-    };
-    assert_eq!(
-        [three.cinemas.len(), three.films.len(), three.sessions.len()],
-        [CINEMAS, FILMS, SESSIONS]
-    );
-    three
-}
-
-/// The sessions, earliest show first.
-fn by_showtime(sessions: &Worker<Sessions>) -> Vec<Arc<Session>> {
-    let mut all: Vec<_> = sessions
-        .keys()
-        .into_iter()
-        .filter_map(|id| sessions.peek(&id))
-        .collect();
-    all.sort_by(|a, b| (a.showtime, &a.id).cmp(&(b.showtime, &b.id)));
-    all
-}
-
-/// The two sessions that start last: a bulk reload is the only thing that reads them.
-fn two_far_sessions(sessions: &Worker<Sessions>) -> (Arc<Session>, Arc<Session>) {
-    let mut all = by_showtime(sessions);
-    let last = all.pop().expect("sessions are loaded");
-    let before = all.pop().expect("two sessions");
-    (last, before)
-}
-
-/// Every entry of a worker at one moment.
-type Snapshot<W> = Arc<Vec<(<W as CacheWorker>::Key, Arc<<W as CacheWorker>::Value>)>>;
-
-/// Every entry of a worker now.
-fn snapshot<W: CacheWorker>(worker: &Worker<W>) -> Snapshot<W> {
-    Arc::new(
-        worker
-            .keys()
-            .into_iter()
-            .filter_map(|key| worker.peek(&key).map(|value| (key, value)))
-            .collect(),
-    )
-}
-
-/// Events with when they arrived.
-type Log<K, V> = Arc<Mutex<Vec<(Instant, Event<K, V>)>>>;
-
-/// Every event of one worker, with when it arrived.
-struct Recorder<K, V> {
-    log: Log<K, V>,
-    task: JoinHandle<()>,
-}
-
-fn record<W: CacheWorker>(worker: &Worker<W>) -> Recorder<W::Key, W::Value> {
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let mut events = worker.subscribe();
-    let task = tokio::spawn({
-        let log = log.clone();
-        async move {
-            while let Some(event) = events.next().await {
-                log.lock().push((Instant::now(), event));
-            }
-        }
-    });
-    Recorder { log, task }
-}
-
-impl<K: Clone + Debug, V: Debug> Recorder<K, V> {
-    fn since(&self, from: Instant) -> Vec<Event<K, V>> {
-        self.log
-            .lock()
-            .iter()
-            .filter(|(at, _)| *at >= from)
-            .map(|(_, event)| event.clone())
-            .collect()
-    }
-
-    /// The first event since `from` that `pick` accepts, and when it arrived.
-    async fn wait_for<T>(
-        &self,
-        from: Instant,
-        what: &str,
-        mut pick: impl FnMut(&Event<K, V>) -> Option<T>,
-    ) -> (T, Instant) {
-        until(GUARD, what, || {
-            self.log
-                .lock()
-                .iter()
-                .filter(|(at, _)| *at >= from)
-                .find_map(|(at, event)| pick(event).map(|found| (found, *at)))
-        })
-        .await
-    }
-
-    /// When the first full reload since `from` was announced.
-    async fn full_reload(&self, from: Instant, what: &str) -> Instant {
-        self.wait_for(from, what, |event| {
-            matches!(event, Event::FullReload { .. }).then_some(())
-        })
-        .await
-        .1
-    }
-
-    /// Checks that nothing changed since `from` while upstream failed: no entry inserted,
-    /// updated or removed, and at most one full reload (of a cycle answered just before the
-    /// outage began).
-    fn assert_quiet_since(&self, from: Instant, worker: &str) {
-        let events = self.since(from);
-        let reloads = events
-            .iter()
-            .filter(|event| matches!(event, Event::FullReload { .. }))
-            .count();
-        assert!(
-            reloads <= 1 && events.len() == reloads,
-            "{worker}: events during the outage: {events:?}"
-        );
-    }
-}
-
-impl<K, V> Drop for Recorder<K, V> {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// When requests reached each route, seen by polling the fake's counters every [`POLL`].
-struct Sampler {
-    arrivals: Arc<Mutex<Vec<(Route, Instant)>>>,
-    task: JoinHandle<()>,
-}
-
-const ROUTES: [Route; 3] = [Route::Cinemas, Route::Films, Route::Sessions];
-
-impl Sampler {
-    fn start(fake: &FakeVista) -> Sampler {
-        let arrivals = Arc::new(Mutex::new(Vec::new()));
-        let task = tokio::spawn({
-            let arrivals = arrivals.clone();
-            let fake = fake.clone();
-            async move {
-                let mut seen = ROUTES.map(|route| fake.requests(route));
-                loop {
-                    tokio::time::sleep(POLL).await;
-                    let now = Instant::now();
-                    for (route, seen) in ROUTES.into_iter().zip(seen.iter_mut()) {
-                        let count = fake.requests(route);
-                        let mut arrivals = arrivals.lock();
-                        for _ in *seen..count {
-                            arrivals.push((route, now));
-                        }
-                        *seen = count;
-                    }
-                }
-            }
-        });
-        Sampler { arrivals, task }
-    }
-
-    /// When requests reached `route` in `[from, to)`.
-    fn times(&self, route: Route, from: Instant, to: Instant) -> Vec<Instant> {
-        self.arrivals
-            .lock()
-            .iter()
-            .filter(|(r, at)| *r == route && *at >= from && *at < to)
-            .map(|(_, at)| *at)
-            .collect()
-    }
-
-    fn count(&self, route: Route, from: Instant, to: Instant) -> u64 {
-        self.times(route, from, to).len() as u64
-    }
-
-    /// When the first request since `from` reached `route`.
-    async fn first(&self, route: Route, from: Instant, limit: Duration) -> Instant {
-        until(limit, &format!("a request to {route:?}"), || {
-            self.times(route, from, far_future()).first().copied()
-        })
-        .await
-    }
-
-    /// The gaps between consecutive requests to `route` in `[from, to)`, in milliseconds.
-    fn gaps_ms(&self, route: Route, from: Instant, to: Instant) -> Vec<u128> {
-        self.times(route, from, to)
-            .windows(2)
-            .map(|pair| (pair[1] - pair[0]).as_millis())
-            .collect()
-    }
-}
-
-impl Drop for Sampler {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-fn far_future() -> Instant {
-    Instant::now() + Duration::from_secs(3600)
-}
-
-/// Readers of every key of one worker.
-type Readers = Vec<JoinHandle<(u64, Duration)>>;
-
-/// Starts `tasks` readers that, until `stop`, `peek` and `get` every key of `entries` and check
-/// that each is answered with its value, and that the bucket never shrinks. Each gives how many
-/// reads it made and the slowest `get`.
-fn read_all<W: CacheWorker>(
-    worker: &Worker<W>,
-    entries: &Snapshot<W>,
-    tasks: usize,
-    stop: &Arc<AtomicBool>,
-) -> Readers
-where
-    W::Value: Debug,
-{
-    (0..tasks)
-        .map(|_| {
-            let (worker, entries, stop) = (worker.clone(), entries.clone(), stop.clone());
-            tokio::spawn(async move {
-                let mut reads = 0;
-                let mut slowest = Duration::ZERO;
-                while !stop.load(Ordering::Relaxed) {
-                    for (key, value) in entries.iter() {
-                        let peeked = worker.peek(key);
-                        assert_eq!(peeked.as_deref(), Some(&**value), "peek({key:?})");
-                        let started = Instant::now();
-                        let got = worker.get(key).await;
-                        slowest = slowest.max(started.elapsed());
-                        assert_eq!(got.as_deref(), Some(&**value), "get({key:?})");
-                        reads += 2;
-                    }
-                    assert!(worker.len() >= entries.len(), "the bucket shrank");
-                    // Room for the refresher and the fake on a small machine.
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-                (reads, slowest)
-            })
-        })
-        .collect()
-}
-
-/// Stops the readers and sums what they did.
-async fn stop_readers(stop: &AtomicBool, readers: Readers) -> (u64, Duration) {
-    stop.store(true, Ordering::Relaxed);
-    let mut reads = 0;
-    let mut slowest = Duration::ZERO;
-    for reader in readers {
-        let (n, slow) = within(GUARD, "a reader", reader)
-            .await
-            .expect("a reader checked every answer");
-        reads += n;
-        slowest = slowest.max(slow);
-    }
-    (reads, slowest)
-}
-
-/// A read of a key that is not cached, while upstream fails: `get` gives `None` and `fetch` an
-/// error, each within [`GUARD`]. Gives the error and how long `fetch` took.
-async fn miss<W: CacheWorker>(worker: &Worker<W>, key: &W::Key) -> (FetchError, Duration)
-where
-    W::Value: Debug,
-{
-    let got = within(GUARD, "get of an uncached key", worker.get(key)).await;
-    assert!(got.is_none(), "{key:?} is not upstream and upstream fails");
-    let started = Instant::now();
-    let error = within(GUARD, "fetch of an uncached key", worker.fetch(key))
-        .await
-        .expect_err("upstream fails");
-    (error, started.elapsed())
-}
-
-/// The client's error inside a failed load.
-fn vista_error(error: &FetchError) -> Option<&VistaError> {
-    match error {
-        FetchError::Load(source) => source.downcast_ref::<VistaError>(),
-        _ => None,
-    }
-}
-
-/// The change in two snapshots of the counters.
-fn failures(before: &Stats, after: &Stats) -> (u64, u64, u64) {
-    (
-        after.refresh_failures - before.refresh_failures,
-        after.load_errors - before.load_errors,
-        after.timeouts - before.timeouts,
-    )
-}
-
-/// Checks the requests a route got in `[from, to)` against the backoff schedule: at most its
-/// bound (plus `SLACK`, plus `extra` requests the test made itself), clearly fewer than retries
-/// every `RETRY_MIN` would make, and at least `at_least`. Gives the count and the bound.
-fn assert_backoff(
-    sampler: &Sampler,
-    route: Route,
-    (from, to): (Instant, Instant),
-    attempt: Duration,
-    keys: u64,
-    at_least: u64,
-) -> (u64, u64, u64) {
-    let window = to - from;
-    let count = sampler.count(route, from, to);
-    let bound = keys * backoff_bound(window, attempt) + SLACK;
-    let fixed = keys * fixed_interval_bound(window, attempt);
-    assert!(
-        count <= bound,
-        "{route:?}: {count} requests in {window:?}, more than the backoff allows ({bound})"
-    );
-    assert!(
-        count >= at_least,
-        "{route:?}: {count} requests in {window:?}: the failed reloads were not retried"
-    );
-    (count, bound, fixed)
-}
-
-// ---------------------------------------------------------------------------------------------
 // The tests.
 
 /// All three workers loaded, then HTTP 500 on every request for five refresh periods.
@@ -511,9 +62,7 @@ async fn a_long_500_outage_is_served_from_memory_backs_off_and_recovers() {
     let sampler = Sampler::start(&fake);
     let before = [cinemas.stats(), films.stats(), sessions.stats()];
     let stop = Arc::new(AtomicBool::new(false));
-    let mut readers = read_all(&cinemas, &snapshot(&cinemas), 2, &stop);
-    readers.extend(read_all(&films, &snapshot(&films), 2, &stop));
-    readers.extend(read_all(&sessions, &snapshot(&sessions), 2, &stop));
+    let readers = read_three((&cinemas, &films, &sessions), &stop);
 
     fake.fail_until_cleared();
     let outage = Instant::now();
@@ -587,28 +136,12 @@ async fn a_long_500_outage_is_served_from_memory_backs_off_and_recovers() {
     let cleared = Instant::now();
     let (seats, updated_at) = events
         .2
-        .wait_for(
-            cleared,
-            "the seat change after the outage",
-            |event| match event {
-                Event::Updated { key, value, .. } if *key == changed.id => {
-                    Some(value.seats_available)
-                }
-                _ => None,
-            },
-        )
+        .seat_change(cleared, "the seat change after the outage", &changed.id)
         .await;
     assert_eq!(seats, changed.seats_available + 5);
     let (cause, removed_at) = events
         .2
-        .wait_for(
-            cleared,
-            "the removal after the outage",
-            |event| match event {
-                Event::Removed { key, cause, .. } if *key == gone.id => Some(*cause),
-                _ => None,
-            },
-        )
+        .removal(cleared, "the removal after the outage", &gone.id)
         .await;
     assert_eq!(cause, RemovalCause::Gone);
     let cinemas_at = events.0.full_reload(cleared, "cinemas to recover").await;
@@ -677,9 +210,7 @@ async fn a_timeout_outage_is_served_from_memory_and_recovers() {
     let sampler = Sampler::start(&fake);
     let before = [cinemas.stats(), films.stats(), sessions.stats()];
     let stop = Arc::new(AtomicBool::new(false));
-    let mut readers = read_all(&cinemas, &snapshot(&cinemas), 2, &stop);
-    readers.extend(read_all(&films, &snapshot(&films), 2, &stop));
-    readers.extend(read_all(&sessions, &snapshot(&sessions), 2, &stop));
+    let readers = read_three((&cinemas, &films, &sessions), &stop);
 
     fake.set_latency(LATENCY);
     let outage = Instant::now();
@@ -741,16 +272,7 @@ async fn a_timeout_outage_is_served_from_memory_and_recovers() {
     let cleared = Instant::now();
     let (seats, updated_at) = events
         .2
-        .wait_for(
-            cleared,
-            "the seat change after the outage",
-            |event| match event {
-                Event::Updated { key, value, .. } if *key == changed.id => {
-                    Some(value.seats_available)
-                }
-                _ => None,
-            },
-        )
+        .seat_change(cleared, "the seat change after the outage", &changed.id)
         .await;
     assert_eq!(seats, changed.seats_available + 4);
     let cinemas_at = events.0.full_reload(cleared, "cinemas to recover").await;
@@ -880,10 +402,7 @@ async fn a_few_500s_mid_cycle_lose_nothing() {
     events.1.full_reload(failed, "films to reload").await;
     let (seats, _) = events
         .2
-        .wait_for(from, "the seat change", |event| match event {
-            Event::Updated { key, value, .. } if *key == changed.id => Some(value.seats_available),
-            _ => None,
-        })
+        .seat_change(from, "the seat change", &changed.id)
         .await;
     assert_eq!(seats, changed.seats_available + 2);
     events.2.full_reload(failed, "sessions to reload").await;
@@ -990,205 +509,4 @@ async fn a_few_500s_are_absorbed_by_the_client_retries() {
         [cinemas.len(), films.len(), sessions.len()],
         [CINEMAS, FILMS, SESSIONS]
     );
-}
-
-/// The sessions that are polled every 10 s (the ones starting within ten minutes), after
-/// checking that every other one is polled at most once a minute, that is never within a test.
-fn near_sessions(fake: &FakeVista, sessions: &Worker<Sessions>) -> Vec<Arc<Session>> {
-    let now = jiff::Timestamp::now();
-    let mut near = Vec::new();
-    for session in by_showtime(sessions) {
-        match session.poll_interval(now, fake.time_zone(), SESSIONS_TTL) {
-            Some(NEAR_POLL) => near.push(session),
-            Some(other) => assert!(other >= Duration::from_secs(60), "{session:?}"),
-            None => {}
-        }
-    }
-    assert_eq!(poll_interval(300, SESSIONS_TTL), Some(NEAR_POLL));
-    near
-}
-
-/// A Sessions worker whose only reload in the test is its first: each session near its
-/// showtime is polled on its own every 10 s, and those polls are what the outage hits. Three
-/// of the last shows are moved to the time of the first one (5 minutes from now), so that
-/// several sessions are polled.
-async fn polled_sessions(fake: &FakeVista) -> Worker<Sessions> {
-    let mut shows: Vec<_> = fake
-        .session_ids()
-        .into_iter()
-        .filter_map(|id| fake.showtime(&id).map(|at| (at, id)))
-        .collect();
-    shows.sort();
-    let first = shows.first().expect("the feed has sessions").0;
-    for (_, id) in shows.iter().rev().take(3) {
-        assert!(fake.set_showtime(id, first));
-    }
-    start(client(fake), |b| b.refresh(SESSIONS_TTL)).await
-}
-
-/// The per-session polls during an outage: each failed poll is retried with backoff, nothing
-/// is lost, the polls bring the changes once the server is back, and their backoff starts over.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn session_polls_back_off_during_an_outage_and_recover() {
-    let fake = FakeVista::start().await;
-    let sessions = polled_sessions(&fake).await;
-    let loaded = Instant::now();
-    let near = near_sessions(&fake, &sessions);
-    assert!(
-        near.len() >= 4,
-        "{} sessions start within ten minutes",
-        near.len()
-    );
-    let keys = near.len() as u64;
-    let entries = snapshot(&sessions);
-    let events = record(&sessions);
-    let sampler = Sampler::start(&fake);
-    let before = sessions.stats();
-
-    fake.fail_until_cleared();
-    let outage = Instant::now();
-    let (changed, gone) = (&near[0], &near[1]);
-    assert!(fake.set_seats(&changed.id, changed.seats_available + 6));
-    assert!(fake.remove_session(&gone.id));
-    // The polls come 10 s after the load, all at once.
-    let first = sampler
-        .first(Route::Sessions, outage, NEAR_POLL + GUARD)
-        .await;
-    let window = (first, first + Duration::from_secs(3));
-    tokio::time::sleep_until(window.1.into()).await;
-    assert!(
-        loaded.elapsed() < Duration::from_secs(55),
-        "the sessions polled once a minute would poll now: the bound below no longer holds"
-    );
-    let (count, bound, fixed) = assert_backoff(
-        &sampler,
-        Route::Sessions,
-        window,
-        Duration::ZERO,
-        keys,
-        2 * keys,
-    );
-    assert!(bound * 2 < fixed, "{bound} {fixed}");
-    let gaps = sampler.gaps_ms(Route::Sessions, window.0, window.1);
-    let failed = sessions.stats().refresh_failures - before.refresh_failures;
-    assert!(failed >= 2 * keys, "{failed}");
-
-    // Nothing removed or changed, every entry kept.
-    events.assert_quiet_since(outage, "sessions");
-    for (key, value) in entries.iter() {
-        assert_eq!(sessions.peek(key).as_deref(), Some(&**value));
-    }
-    assert_eq!(sessions.len(), SESSIONS);
-
-    // Back: the next retry of each poll gets through, with no refresh_all.
-    fake.clear_failures();
-    let cleared = Instant::now();
-    let (seats, updated_at) = events
-        .wait_for(cleared, "the polled seat change", |event| match event {
-            Event::Updated { key, value, .. } if *key == changed.id => Some(value.seats_available),
-            _ => None,
-        })
-        .await;
-    assert_eq!(seats, changed.seats_available + 6);
-    let (cause, removed_at) = events
-        .wait_for(cleared, "the polled removal", |event| match event {
-            Event::Removed { key, cause, .. } if *key == gone.id => Some(*cause),
-            _ => None,
-        })
-        .await;
-    assert_eq!(cause, RemovalCause::Gone);
-    assert_eq!(sessions.len(), SESSIONS - 1);
-    // Let the other polls' retries land too; the next polls are 10 s away.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let recovered = Instant::now();
-
-    // Down again: 10 s after the polls got through, they fail again, and are retried after
-    // RETRY_MIN again (0, 0.1, 0.3 s: three requests each in the first half second), not
-    // after the 800 ms they had reached.
-    fake.fail_until_cleared();
-    let again = sampler
-        .first(Route::Sessions, recovered, NEAR_POLL + GUARD)
-        .await;
-    let half = again + Duration::from_millis(500);
-    tokio::time::sleep_until(half.into()).await;
-    let restarted = sampler.count(Route::Sessions, again, half);
-    let restarted_gaps = sampler.gaps_ms(Route::Sessions, again, half);
-    fake.clear_failures();
-    assert!(
-        restarted >= 2 * (keys - 1),
-        "{restarted} requests in the first half second for {} polled sessions (gaps {restarted_gaps:?} ms): \
-         the polls' backoff did not start over",
-        keys - 1
-    );
-
-    eprintln!(
-        "[figures] per-session polls: {keys} sessions polled every 10 s; in the 3 s from the first failed poll: \
-         {count} requests (bound {bound}, fixed-interval {fixed}, gaps {gaps:?} ms), {failed} failed reloads; \
-         recovered (update, removal) after {:?} / {:?}; second outage: {restarted} requests in 0.5 s (gaps {restarted_gaps:?} ms)",
-        updated_at - cleared,
-        removed_at - cleared,
-    );
-}
-
-/// Polls that failed until their retries waited `RETRY_MAX`, then a successful reload of the
-/// whole collection (here `refresh_all`; a periodic cycle does the same): the sessions are
-/// fresh again, so the next failed poll must be retried after `RETRY_MIN`, not after the
-/// longest delay the previous outage had reached.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_successful_reload_resets_the_backoff_of_session_polls() {
-    let fake = FakeVista::start().await;
-    let sessions = polled_sessions(&fake).await;
-    let near = near_sessions(&fake, &sessions);
-    assert!(
-        near.len() >= 4,
-        "{} sessions start within ten minutes",
-        near.len()
-    );
-    let keys = near.len() as u64;
-    let sampler = Sampler::start(&fake);
-    let before = sessions.stats().refresh_failures;
-
-    fake.fail_until_cleared();
-    // Five failed polls of each: the next retry waits RETRY_MAX (100, 200, 400, 800 ms).
-    until(
-        NEAR_POLL + GUARD,
-        "five failed polls of each session",
-        || (sessions.stats().refresh_failures - before >= 5 * keys).then_some(()),
-    )
-    .await;
-    let requests = fake.requests(Route::Sessions);
-    fake.clear_failures();
-    let report = within(GUARD, "a reload", sessions.refresh_all())
-        .await
-        .expect("running");
-    fake.fail_until_cleared();
-    let reloaded = Instant::now();
-    assert!(report.bulk && report.failed == 0, "{report:?}");
-    assert_eq!(
-        fake.requests(Route::Sessions) - requests,
-        1,
-        "only the reload got through, no poll (else it would have reset its own backoff)"
-    );
-
-    // 10 s after the reload the polls fail again.
-    let first = sampler
-        .first(Route::Sessions, reloaded, NEAR_POLL + GUARD)
-        .await;
-    let half = first + Duration::from_millis(500);
-    // Looked at a little longer than asserted, to show when the retries came.
-    let shown = first + Duration::from_millis(1200);
-    tokio::time::sleep_until(shown.into()).await;
-    let count = sampler.count(Route::Sessions, first, half);
-    let gaps = sampler.gaps_ms(Route::Sessions, first, shown);
-    fake.clear_failures();
-    eprintln!(
-        "[figures] after a successful reload: {count} requests for {keys} polled sessions in the first 0.5 s \
-         of the next outage (gaps over 1.2 s: {gaps:?} ms)"
-    );
-    assert!(
-        count >= 2 * keys,
-        "{count} requests for {keys} polled sessions in the first half second after they failed \
-         again (gaps {gaps:?} ms): their retries still wait the delay of the previous outage"
-    );
-    assert_eq!(sessions.len(), SESSIONS);
 }

@@ -3,24 +3,42 @@
 //! only: loading, seat changes (bulk and per-session poll), removals, outages, a wrong token
 //! and a warm start from the dump files.
 
+mod common;
+
+use std::path::Path;
 use std::time::Duration;
 
 use cache_worker::vista::testing::FakeVista;
 use cache_worker::vista::{Cinemas, Films, SESSION_EXPIRY, Session, Sessions, VistaClient};
-use cache_worker::{Event, FetchError, RemovalCause};
+use cache_worker::{Event, FetchError, RemovalCause, Worker};
+use common::vista::{CINEMAS, FILMS, SESSIONS, by_showtime, client};
 use futures_util::StreamExt;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
-/// Sessions in the recorded feed.
-const SESSIONS: usize = 362;
+/// The three workers of `fake`, each dumping in its directory, started (not yet loaded).
+async fn start_three(
+    fake: &FakeVista,
+    dirs: [&Path; 3],
+) -> Result<(Worker<Cinemas>, Worker<Films>, Worker<Sessions>), cache_worker::Error> {
+    Ok((
+        Cinemas::new(client(fake)).dump_dir(dirs[0]).start().await?,
+        Films::new(client(fake)).dump_dir(dirs[1]).start().await?,
+        Sessions::new(client(fake))
+            .dump_dir(dirs[2])
+            .start()
+            .await?,
+    ))
+}
 
-/// A client of `fake` that does not retry, so failures are reported at once.
-fn client(fake: &FakeVista) -> VistaClient {
-    VistaClient::new(fake.base_url(), fake.token())
-        .expect("a valid client")
-        .with_attempts(1)
-        .with_time_zone(fake.time_zone().clone())
+/// A Sessions worker of `fake` dumping in `dir`, its collection loaded.
+async fn loaded_sessions(
+    fake: &FakeVista,
+    dir: &Path,
+) -> Result<Worker<Sessions>, cache_worker::Error> {
+    let sessions = Sessions::new(client(fake)).dump_dir(dir).start().await?;
+    sessions.refresh_all().await?;
+    Ok(sessions)
 }
 
 /// The first event about `id` that `pick` accepts, waiting at most `limit` (a bound against
@@ -48,12 +66,9 @@ where
 
 /// The session that starts last: it is never polled on its own within a test (its poll
 /// interval is `None` or minutes), so only a bulk reload sees its changes.
-fn latest_session(sessions: &cache_worker::Worker<Sessions>) -> String {
-    sessions
-        .keys()
-        .into_iter()
-        .filter_map(|id| sessions.peek(&id))
-        .max_by_key(|s| (s.showtime, s.id.clone()))
+fn latest_session(sessions: &Worker<Sessions>) -> String {
+    by_showtime(sessions)
+        .pop()
         .map(|s| s.id.clone())
         .expect("sessions are loaded")
 }
@@ -66,18 +81,8 @@ async fn all_three_load_and_map() -> TestResult {
         tempfile::tempdir()?,
         tempfile::tempdir()?,
     ];
-    let cinemas = Cinemas::new(client(&fake))
-        .dump_dir(dirs[0].path())
-        .start()
-        .await?;
-    let films = Films::new(client(&fake))
-        .dump_dir(dirs[1].path())
-        .start()
-        .await?;
-    let sessions = Sessions::new(client(&fake))
-        .dump_dir(dirs[2].path())
-        .start()
-        .await?;
+    let (cinemas, films, sessions) =
+        start_three(&fake, [dirs[0].path(), dirs[1].path(), dirs[2].path()]).await?;
 
     // A refresh cycle of our own: when it returns, the collection has been loaded whole.
     let report = cinemas.refresh_all().await?;
@@ -87,8 +92,8 @@ async fn all_three_load_and_map() -> TestResult {
     let report = sessions.refresh_all().await?;
     assert!(report.bulk && report.failed == 0, "{report:?}");
 
-    assert_eq!(cinemas.len(), 13);
-    assert_eq!(films.len(), 54);
+    assert_eq!(cinemas.len(), CINEMAS);
+    assert_eq!(films.len(), FILMS);
     // The first show is minutes away, so nothing has expired.
     assert_eq!(sessions.len(), SESSIONS);
     assert_eq!(sessions.len(), fake.session_ids().len());
@@ -128,11 +133,7 @@ async fn all_three_load_and_map() -> TestResult {
 async fn seat_change_after_a_bulk_reload_is_an_update() -> TestResult {
     let fake = FakeVista::start().await;
     let dir = tempfile::tempdir()?;
-    let sessions = Sessions::new(client(&fake))
-        .dump_dir(dir.path())
-        .start()
-        .await?;
-    sessions.refresh_all().await?;
+    let sessions = loaded_sessions(&fake, dir.path()).await?;
     let id = &latest_session(&sessions);
     let before = sessions.peek(id).expect("loaded").seats_available;
     let seats = before + 7;
@@ -166,21 +167,12 @@ async fn seat_change_after_a_bulk_reload_is_an_update() -> TestResult {
 async fn seat_change_close_to_the_showtime_is_polled() -> TestResult {
     let fake = FakeVista::start().await;
     let dir = tempfile::tempdir()?;
-    let sessions = Sessions::new(client(&fake))
-        .dump_dir(dir.path())
-        .start()
-        .await?;
-    sessions.refresh_all().await?;
+    let sessions = loaded_sessions(&fake, dir.path()).await?;
 
     // The earliest show starts about 5 minutes from now: it is polled every 10 s.
     let tz = fake.time_zone().clone();
     let now = jiff::Timestamp::now();
-    let earliest = sessions
-        .keys()
-        .into_iter()
-        .filter_map(|id| sessions.peek(&id))
-        .min_by_key(|s| (s.showtime, s.id.clone()))
-        .expect("sessions");
+    let earliest = by_showtime(&sessions).into_iter().next().expect("sessions");
     assert_eq!(
         earliest.poll_interval(now, &tz, Duration::from_secs(3600)),
         Some(Duration::from_secs(10)),
@@ -212,11 +204,7 @@ async fn seat_change_close_to_the_showtime_is_polled() -> TestResult {
 async fn removed_upstream_is_gone() -> TestResult {
     let fake = FakeVista::start().await;
     let dir = tempfile::tempdir()?;
-    let sessions = Sessions::new(client(&fake))
-        .dump_dir(dir.path())
-        .start()
-        .await?;
-    sessions.refresh_all().await?;
+    let sessions = loaded_sessions(&fake, dir.path()).await?;
     let count = sessions.len();
     let id = &latest_session(&sessions);
     assert!(sessions.peek(id).is_some());
@@ -242,11 +230,7 @@ async fn removed_upstream_is_gone() -> TestResult {
 async fn a_session_expires_twenty_minutes_after_its_showtime() -> TestResult {
     let fake = FakeVista::start().await;
     let dir = tempfile::tempdir()?;
-    let sessions = Sessions::new(client(&fake))
-        .dump_dir(dir.path())
-        .start()
-        .await?;
-    sessions.refresh_all().await?;
+    let sessions = loaded_sessions(&fake, dir.path()).await?;
     let count = sessions.len();
     let id = &latest_session(&sessions);
 
@@ -291,11 +275,7 @@ async fn a_session_expires_twenty_minutes_after_its_showtime() -> TestResult {
 async fn an_outage_removes_nothing_and_recovers() -> TestResult {
     let fake = FakeVista::start().await;
     let dir = tempfile::tempdir()?;
-    let sessions = Sessions::new(client(&fake))
-        .dump_dir(dir.path())
-        .start()
-        .await?;
-    sessions.refresh_all().await?;
+    let sessions = loaded_sessions(&fake, dir.path()).await?;
     let count = sessions.len();
     let id = &latest_session(&sessions);
     let seats = sessions.peek(id).expect("loaded").seats_available;
@@ -350,23 +330,12 @@ async fn restarts_warm_from_the_dump_dir() -> TestResult {
     let fake = FakeVista::start().await;
     let dir = tempfile::tempdir()?;
 
-    let cinemas = Cinemas::new(client(&fake))
-        .dump_dir(dir.path())
-        .start()
-        .await?;
-    let films = Films::new(client(&fake))
-        .dump_dir(dir.path())
-        .start()
-        .await?;
-    let sessions = Sessions::new(client(&fake))
-        .dump_dir(dir.path())
-        .start()
-        .await?;
+    let (cinemas, films, sessions) = start_three(&fake, [dir.path(); 3]).await?;
     cinemas.refresh_all().await?;
     films.refresh_all().await?;
     sessions.refresh_all().await?;
     let counts = [cinemas.len(), films.len(), sessions.len()];
-    assert_eq!(counts, [13, 54, SESSIONS]);
+    assert_eq!(counts, [CINEMAS, FILMS, SESSIONS]);
     cinemas.shutdown().await;
     films.shutdown().await;
     sessions.shutdown().await;
@@ -377,18 +346,7 @@ async fn restarts_warm_from_the_dump_dir() -> TestResult {
 
     // Served from the dumps at once, before anything is loaded, even with upstream down.
     fake.fail_until_cleared();
-    let cinemas = Cinemas::new(client(&fake))
-        .dump_dir(dir.path())
-        .start()
-        .await?;
-    let films = Films::new(client(&fake))
-        .dump_dir(dir.path())
-        .start()
-        .await?;
-    let sessions = Sessions::new(client(&fake))
-        .dump_dir(dir.path())
-        .start()
-        .await?;
+    let (cinemas, films, sessions) = start_three(&fake, [dir.path(); 3]).await?;
     let restored = [
         cinemas.stats().restored,
         films.stats().restored,
