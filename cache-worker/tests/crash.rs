@@ -13,8 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cache_worker::Worker;
-use common::Upstream;
+use common::{Rng, Upstream, builder, corrupt_path, long_run, temp_files};
 
 /// Set in the child only: the directory it writes `crash.dump` in.
 const CHILD_ENV: &str = "CACHE_WORKER_CRASH_CHILD_DIR";
@@ -48,10 +47,8 @@ fn child_writer() {
 async fn write_forever(dir: PathBuf) {
     let parent = std::os::unix::process::parent_id();
     let born = Instant::now();
-    let worker = Worker::builder(Upstream::new())
-        .bucket(BUCKET)
+    let worker = builder(&Upstream::new(), BUCKET)
         .file(dir.join(DUMP))
-        .refresh(Duration::ZERO)
         // The background writer dumps too, racing the explicit dumps below.
         .dump_interval(Duration::from_millis(1))
         .start()
@@ -86,20 +83,6 @@ impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
-    }
-}
-
-/// A tiny seeded PRNG (xorshift64*), so that failures reproduce.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
 }
 
@@ -143,17 +126,13 @@ fn spawn_child(dir: &Path, round: usize) -> (KillOnDrop, u64) {
 async fn check_dump(dir: &Path, round: usize, at_least: u64) -> u64 {
     let file = dir.join(DUMP);
     let up = Upstream::new();
-    let worker = Worker::builder(up.clone())
-        .bucket(BUCKET)
+    let worker = builder(&up, BUCKET)
         .file(&file)
-        .refresh(Duration::ZERO)
         .start()
         .await
         .expect("start after the crash");
-    let mut corrupt = file.as_os_str().to_owned();
-    corrupt.push(".corrupt");
     assert!(
-        !Path::new(&corrupt).exists(),
+        !corrupt_path(&file).exists(),
         "round {round}: the dump was damaged by the kill"
     );
     let restored = worker.stats().restored;
@@ -189,17 +168,13 @@ fn sigkill_while_writing_dumps_leaves_the_last_complete_dump() {
     if std::env::var_os(CHILD_ENV).is_some() {
         return;
     }
-    let rounds = if std::env::var("CACHE_WORKER_LONG").as_deref() == Ok("1") {
-        100
-    } else {
-        10
-    };
+    let rounds = if long_run() { 100 } else { 10 };
     let dir = tempfile::tempdir().expect("tempdir");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
-    let mut rng = Rng(0xC0A5_4ED0_0000_0001);
+    let mut rng = Rng::new(0xC0A5_4ED0_0000_0001);
     let mut last = 0;
     for round in 0..rounds {
         let (mut child, first) = spawn_child(dir.path(), round);
@@ -207,18 +182,13 @@ fn sigkill_while_writing_dumps_leaves_the_last_complete_dump() {
             first >= last,
             "round {round}: the child started from an older dump"
         );
-        std::thread::sleep(Duration::from_millis(rng.next() % 25));
+        std::thread::sleep(Duration::from_millis(rng.below(25)));
         child.0.kill().expect("SIGKILL");
         let status = child.0.wait().expect("wait");
         assert!(!status.success(), "round {round}: killed, not exited");
         last = runtime.block_on(check_dump(dir.path(), round, first));
     }
-    let leftovers: Vec<String> = std::fs::read_dir(dir.path())
-        .expect("read_dir")
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|name| name.contains(".tmp."))
-        .collect();
+    let leftovers = temp_files(dir.path());
     eprintln!(
         "{rounds} kills, last generation {last}; temp files left by killed writers: {}",
         leftovers.len()

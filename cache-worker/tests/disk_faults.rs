@@ -28,15 +28,13 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use cache_worker::{Error, Worker};
-use common::{Upstream, key};
+use common::{HOUR, Upstream, dumping, key, temp_files};
 use parking_lot::Mutex;
 use rustix::io::Errno;
 use tracing_subscriber::util::SubscriberInitExt;
 
-const HOUR: Duration = Duration::from_secs(3600);
 const BUCKET: &str = "faults";
 /// Set in the file size limit child only: the directory it works in.
 const CHILD_ENV: &str = "CACHE_WORKER_FSIZE_CHILD_DIR";
@@ -52,11 +50,7 @@ const EXTRA: u64 = 2000;
 // ---------------------------------------------------------------------------------------------
 
 fn worker(up: &Upstream, file: &Path) -> cache_worker::Builder<Upstream> {
-    Worker::builder(up.clone())
-        .bucket(BUCKET)
-        .file(file)
-        .refresh(HOUR)
-        .dump_interval(HOUR)
+    dumping(up, BUCKET, file).dump_interval(HOUR)
 }
 
 async fn start(up: &Upstream, file: &Path) -> Worker<Upstream> {
@@ -98,18 +92,6 @@ impl Logs {
     fn text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock()).into_owned()
     }
-}
-
-/// Temp files of a dump left in `dir`.
-fn temp_files(dir: &Path) -> Vec<String> {
-    let Ok(listing) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    listing
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|name| name.contains(".tmp."))
-        .collect()
 }
 
 fn no_mount() -> bool {

@@ -596,22 +596,14 @@ fn the_regression_corpus_decodes_as_expected() {
 
 #[test]
 fn one_flipped_count_bit_in_a_large_dump_gives_a_cold_start_without_a_huge_allocation() {
-    use cache_worker::Worker;
-    use common::Upstream;
+    use common::{Upstream, dumping, temp_dump};
 
-    let dir = tempfile::tempdir().expect("tempdir");
-    let file = dir.path().join("large.dump");
+    let (_dir, file) = temp_dump("large.dump");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
-    let start = |up: &Upstream| {
-        Worker::builder(up.clone())
-            .bucket("large")
-            .file(&file)
-            .refresh(std::time::Duration::from_secs(3600))
-            .start()
-    };
+    let start = |up: &Upstream| dumping(up, "large", &file).start();
     let n = 50_000u64;
     let good = runtime.block_on(async {
         let w = start(&Upstream::new()).await.expect("start");

@@ -6,16 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cache_worker::{Event, FetchError, RemovalCause, Worker};
-use common::{Reply, Upstream, key, settle};
+use common::{Reply, Upstream, builder, drain, drain_within, key, settle, spawn_fetch, started};
 use futures_util::StreamExt;
 
 async fn start(upstream: &Upstream) -> Worker<Upstream> {
-    Worker::builder(upstream.clone())
-        .bucket("test")
-        .refresh(Duration::ZERO)
-        .start()
-        .await
-        .expect("start")
+    started(upstream, "test").await
 }
 
 #[tokio::test]
@@ -82,12 +77,7 @@ async fn two_hundred_concurrent_misses_share_one_load() {
     up.set_delay(Duration::from_millis(50));
     let w = start(&up).await;
 
-    let readers: Vec<_> = (0..200)
-        .map(|_| {
-            let w = w.clone();
-            tokio::spawn(async move { w.fetch(&key("hot")).await })
-        })
-        .collect();
+    let readers: Vec<_> = (0..200).map(|_| spawn_fetch(&w, "hot")).collect();
     for r in readers {
         assert_eq!(*r.await.expect("join").expect("value"), 42);
     }
@@ -102,12 +92,7 @@ async fn a_panicking_load_gives_every_waiter_the_error_once() {
     up.set_delay(Duration::from_millis(50));
     let w = start(&up).await;
 
-    let readers: Vec<_> = (0..20)
-        .map(|_| {
-            let w = w.clone();
-            tokio::spawn(async move { w.fetch(&key("bad")).await })
-        })
-        .collect();
+    let readers: Vec<_> = (0..20).map(|_| spawn_fetch(&w, "bad")).collect();
     for r in readers {
         let err = r.await.expect("no reader panics").expect_err("error");
         assert!(
@@ -127,15 +112,9 @@ async fn a_cancelled_fetch_cancels_nothing_for_the_others() {
     up.set_delay(Duration::from_secs(1));
     let w = start(&up).await;
 
-    let first = tokio::spawn({
-        let w = w.clone();
-        async move { w.fetch(&key("k")).await }
-    });
+    let first = spawn_fetch(&w, "k");
     settle().await;
-    let second = tokio::spawn({
-        let w = w.clone();
-        async move { w.fetch(&key("k")).await }
-    });
+    let second = spawn_fetch(&w, "k");
     settle().await;
     first.abort();
     assert!(first.await.expect_err("aborted").is_cancelled());
@@ -146,10 +125,7 @@ async fn a_cancelled_fetch_cancels_nothing_for_the_others() {
 
     // Even with every waiter gone the load finishes and stores its value.
     up.set_value("lonely", 9);
-    let only = tokio::spawn({
-        let w = w.clone();
-        async move { w.fetch(&key("lonely")).await }
-    });
+    let only = spawn_fetch(&w, "lonely");
     settle().await;
     only.abort();
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -160,9 +136,7 @@ async fn a_cancelled_fetch_cancels_nothing_for_the_others() {
 async fn the_load_timeout_gives_timeout_and_stores_nothing() {
     let up = Upstream::new();
     up.set("slow", Reply::Hang);
-    let w = Worker::builder(up.clone())
-        .bucket("timeouts")
-        .refresh(Duration::ZERO)
+    let w = builder(&up, "timeouts")
         .load_timeout(Duration::from_secs(3))
         .start()
         .await
@@ -185,8 +159,7 @@ async fn periodic_refresh_reloads_every_key_and_keeps_old_values_on_error() {
     for (k, v) in [("a", 1), ("b", 2), ("c", 3)] {
         up.set_value(k, v);
     }
-    let w = Worker::builder(up.clone())
-        .bucket("periodic")
+    let w = builder(&up, "periodic")
         .refresh(Duration::from_secs(60))
         .retry_backoff(Duration::from_secs(5), Duration::from_secs(20))
         .start()
@@ -212,10 +185,7 @@ async fn periodic_refresh_reloads_every_key_and_keeps_old_values_on_error() {
     );
     assert_eq!(w.peek("c"), None, "Ok(None) removes");
 
-    let mut seen = Vec::new();
-    while let Ok(Some(e)) = tokio::time::timeout(Duration::ZERO, events.next()).await {
-        seen.push(e);
-    }
+    let seen = drain(&mut events).await;
     assert!(seen.contains(&Event::Updated {
         key: key("a"),
         value: Arc::new(10),
@@ -283,12 +253,8 @@ async fn per_entry_expiry_and_refresh_follow_the_clock() {
     settle().await;
     assert_eq!(w.peek("e"), None, "expired after 30 s");
     assert_eq!(w.stats().expired, 1);
-    let mut last = None;
-    while let Ok(Some(e)) = tokio::time::timeout(Duration::ZERO, events.next()).await {
-        last = Some(e);
-    }
     assert_eq!(
-        last,
+        drain(&mut events).await.pop(),
         Some(Event::Removed {
             key: key("e"),
             cause: RemovalCause::Expired,
@@ -328,7 +294,7 @@ async fn a_bulk_reload_never_stores_an_entry_that_has_already_expired() {
     assert_eq!((report.inserted, report.entries), (0, 0), "{report:?}");
     assert!(w.is_empty());
     assert_eq!(w.stats().inserted, 0);
-    while let Ok(Some(event)) = tokio::time::timeout(Duration::ZERO, events.next()).await {
+    for event in drain(&mut events).await {
         assert!(
             matches!(event, Event::FullReload { .. }),
             "no entry event for an expired entry: {event:?}"
@@ -340,8 +306,7 @@ async fn a_bulk_reload_never_stores_an_entry_that_has_already_expired() {
 async fn bulk_load_swaps_the_collection_and_reports_the_difference() {
     let up = Upstream::new();
     up.set_collection(&[("a", 1), ("b", 2), ("c", 3)]);
-    let w = Worker::builder(up.clone())
-        .bucket("bulk")
+    let w = builder(&up, "bulk")
         .refresh(Duration::from_secs(3600))
         .start()
         .await
@@ -355,7 +320,7 @@ async fn bulk_load_swaps_the_collection_and_reports_the_difference() {
         settle().await;
     }
     assert_eq!(w.len(), 3);
-    while let Ok(Some(_)) = tokio::time::timeout(Duration::ZERO, events.next()).await {}
+    drain(&mut events).await;
 
     up.set_collection(&[("a", 1), ("b", 20), ("d", 4)]);
     let report = w.refresh_all().await.expect("cycle");
@@ -370,10 +335,7 @@ async fn bulk_load_swaps_the_collection_and_reports_the_difference() {
         ),
         (1, 1, 1, 1, 3)
     );
-    let mut seen = Vec::new();
-    while let Ok(Some(e)) = tokio::time::timeout(Duration::ZERO, events.next()).await {
-        seen.push(e);
-    }
+    let seen = drain(&mut events).await;
     assert_eq!(seen.len(), 4, "{seen:?}");
     assert!(seen.contains(&Event::Inserted {
         key: key("d"),
@@ -410,10 +372,7 @@ async fn equal_writes_emit_nothing() {
     w.insert(key("k"), 2);
     assert_eq!(w.invalidate("k").as_deref(), Some(&2));
     assert_eq!(w.invalidate("k"), None);
-    let mut seen = Vec::new();
-    while let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(10), events.next()).await {
-        seen.push(e);
-    }
+    let seen = drain_within(&mut events, Duration::from_millis(10)).await;
     assert_eq!(
         seen,
         [
@@ -517,8 +476,7 @@ async fn invalid_settings_are_start_errors() {
 async fn dropping_the_last_handle_stops_the_background_tasks() {
     let up = Upstream::new();
     up.set_value("a", 1);
-    let w = Worker::builder(up.clone())
-        .bucket("dropped")
+    let w = builder(&up, "dropped")
         .refresh(Duration::from_secs(1))
         .start()
         .await
