@@ -146,7 +146,9 @@ impl State {
             // #[cache_worker(file = "widgets.dump")]
             "file" => a.file = file(cx, &value),
             // #[cache_worker(refresh = "15m")]
-            "refresh" => a.refresh = duration(cx, key, &value, NonZero::Required),
+            // #[cache_worker(refresh = "off")] (or "0s"): no periodic refresh, as in the
+            // environment and the builder
+            "refresh" => a.refresh = refresh(cx, &value),
             // #[cache_worker(load_timeout = "30s")]
             "load_timeout" => a.load_timeout = duration(cx, key, &value, NonZero::Required),
             // #[cache_worker(dump_interval = "5s")]
@@ -379,6 +381,17 @@ fn duration(
             None
         }
     }
+}
+
+/// A refresh interval, or `"off"`/`"none"` (kept as zero, which the runtime reads as "no
+/// periodic refresh", as it does `"0s"`).
+fn refresh(cx: &mut Ctxt, value: &TokenStream) -> Option<Spanned<Duration>> {
+    if let Some(Lit::Str(lit)) = literal(value)
+        && matches!(lit.value().trim(), "off" | "none")
+    {
+        return Some(Spanned::new(Duration::ZERO, lit.span()));
+    }
+    duration(cx, "refresh", value, NonZero::NotRequired)
 }
 
 fn integer<N>(cx: &mut Ctxt, key: &str, example: &str, value: &TokenStream) -> Option<Spanned<N>>
@@ -623,13 +636,17 @@ mod tests {
         );
         assert_one_error(quote!(bucket = "w", refresh = "15"), &["invalid duration"]);
         assert_one_error(
-            quote!(bucket = "w", refresh = "0s"),
-            &["`refresh` must be greater than zero"],
-        );
-        assert_one_error(
             quote!(bucket = "w", load_timeout = "0ms"),
             &["`load_timeout` must be greater than zero"],
         );
+    }
+
+    #[test]
+    fn refresh_off_means_no_periodic_refresh() {
+        for off in ["off", "none", "0s", "0"] {
+            let a = parse_ok(quote!(bucket = "w", refresh = #off));
+            assert_eq!(a.refresh.map(|d| d.value), Some(Duration::ZERO), "{off}");
+        }
     }
 
     #[test]

@@ -90,7 +90,15 @@ fn glue(attributes: &Attributes, target: &Target) -> TokenStream {
     let doc_insert = format!(
         " Stores `value` under `key` without loading, replacing any value there (an \
          `Inserted` or `Updated` event; an equal value is no change). Does nothing if \
-         `{ident}` has not been started or its cache is disabled."
+         the cache of `{ident}` is disabled.\n\n\
+         # Errors\n\n\
+         `Error::NotStarted` if `{ident}` has not been started: the value is not kept."
+    );
+    let doc_builder = format!(
+        " A builder for another instance of `{ident}` with `self` as its state, independent \
+         of the process-wide one: it starts from this attribute's settings (bucket `{bucket}`), \
+         which the environment and the builder's own methods then override. \
+         (`Worker::builder(state)` starts from the defaults: it cannot see the attribute.)"
     );
     let doc_invalidate = " Removes `key` from the bucket (a `Removed` event with cause \
                           `Invalidated`) and returns the value it had, if any."
@@ -100,7 +108,9 @@ fn glue(attributes: &Attributes, target: &Target) -> TokenStream {
         format!(" The number of entries in the bucket (0 if `{ident}` has not been started).");
     let doc_subscribe = format!(
         " A stream of the bucket's change events (`cache_worker::Event`) from now on; it \
-         ends at once if `{ident}` has not been started, and when it shuts down."
+         ends when the worker shuts down. Made before `{ident}` is started, it waits for the \
+         start and follows the started worker (the start's own changes, such as its seed, \
+         come before it attaches)."
     );
     let doc_stats = format!(
         " Counters of hits, misses, loads and failures of the running `{ident}` worker (all \
@@ -129,7 +139,7 @@ fn glue(attributes: &Attributes, target: &Target) -> TokenStream {
 
             #[doc(hidden)]
             fn __cache_worker_slot() -> &'static #slot {
-                static __CACHE_WORKER_SLOT: #slot = #p::Slot::new();
+                static __CACHE_WORKER_SLOT: #slot = #p::Slot::new(#bucket);
                 &__CACHE_WORKER_SLOT
             }
 
@@ -138,6 +148,11 @@ fn glue(attributes: &Attributes, target: &Target) -> TokenStream {
                 Self::__cache_worker_slot()
                     .start(self, &Self::__CACHE_WORKER_ATTRIBUTES)
                     .await
+            }
+
+            #[doc = #doc_builder]
+            #vis fn builder(self) -> #p::Builder<#ident> {
+                Self::__cache_worker_slot().builder(self, &Self::__CACHE_WORKER_ATTRIBUTES)
             }
 
             #[doc = #doc_get]
@@ -160,7 +175,7 @@ fn glue(attributes: &Attributes, target: &Target) -> TokenStream {
             }
 
             #[doc = #doc_insert]
-            #vis fn insert(key: #key, value: #value) {
+            #vis fn insert(key: #key, value: #value) -> #p::Result<(), #p::Error> {
                 Self::__cache_worker_slot().insert(key, value)
             }
 
@@ -310,6 +325,7 @@ mod tests {
 
     const BINDING_FNS: &[&str] = &[
         "async fn start (self)",
+        "fn builder (self)",
         "async fn get (key :",
         "async fn fetch (key :",
         "fn peek < Q > (key : & Q)",

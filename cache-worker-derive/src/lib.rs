@@ -17,7 +17,7 @@ use proc_macro::TokenStream;
 /// #[cache_worker(
 ///     bucket = "widgets",          // required: the cache's name
 ///     file = "widgets.dump",       // dump file for warm starts (default: none)
-///     refresh = "15m",             // full refresh interval (nonzero)
+///     refresh = "15m",             // full refresh interval; "off" (or "0s"): none
 ///     load_timeout = "30s",        // a load that takes longer fails with Timeout (nonzero)
 ///     concurrency = 16,            // loads at once during a refresh cycle (at least 1)
 ///     schema = 1,                  // version of the values' layout in dump files (u32)
@@ -33,7 +33,12 @@ use proc_macro::TokenStream;
 /// - Durations are string literals in [humantime](https://docs.rs/humantime) form: `"90s"`,
 ///   `"15m"`, `"1h"`, `"1h30m"`, `"500ms"`.
 /// - Every key but `bucket` is optional; a key left out takes the runtime's default, and the
-///   environment and `Worker::builder` settings override what the attribute says.
+///   environment and the builder's methods override what the attribute says. The cascade
+///   reaches the builder through `T::builder(state)`; `Worker::builder(state)` cannot see the
+///   attribute and starts from the defaults.
+/// - `bucket` is required here (it names the dump file's contents and the environment
+///   variables, so renaming the type must not change it); `Worker::builder` defaults it to the
+///   type's name, lower-cased.
 /// - The attribute goes on a struct without generic parameters (the process-wide instance is a
 ///   `static`); for a generic worker, start instances with `Worker::builder(state)`.
 ///
@@ -42,20 +47,22 @@ use proc_macro::TokenStream;
 /// | function | returns |
 /// |---|---|
 /// | `async start(self)` | `Result<Worker<Self>, Error>`; an error if already running |
+/// | `builder(self)` | `Builder<Self>` with the attribute's settings, for another instance |
 /// | `async get(&K)` | `Option<Arc<V>>`; loads on a miss |
 /// | `async fetch(&K)` | `Result<Arc<V>, FetchError>`; loads on a miss |
 /// | `peek(&Q)` | `Option<Arc<V>>`; the bucket only, never loads |
-/// | `insert(K, V)` | `()` |
+/// | `insert(K, V)` | `Result<(), Error>`; `NotStarted` before the start |
 /// | `invalidate(&Q)` | `Option<Arc<V>>`, the removed value |
 /// | `keys()` / `len()` | `Vec<K>` / `usize` |
-/// | `subscribe()` | `EventStream<K, V>` |
+/// | `subscribe()` | `EventStream<K, V>`; made before the start, it waits for it |
 /// | `stats()` | `Stats` |
 /// | `worker()` | `Option<Worker<Self>>`, the running instance's handle |
 /// | `async refresh_all()` | `Result<RefreshReport, Error>`, after one full refresh cycle |
 /// | `async shutdown()` | `()`; stops refreshing and writes the final dump |
 ///
-/// Before `start` (and after `shutdown`), `fetch` answers `FetchError::NotStarted`, `get`
-/// and `peek` answer `None`, and nothing panics.
+/// Before `start` (and after `shutdown`), `fetch` answers `FetchError::NotStarted`,
+/// `insert` and `refresh_all` `Error::NotStarted` (naming the bucket), `get` and `peek` `None`,
+/// `keys`, `len` and `stats` an empty bucket, and nothing panics.
 #[proc_macro_attribute]
 pub fn cache_worker(args: TokenStream, item: TokenStream) -> TokenStream {
     expand::cache_worker(args.into(), item.into()).into()

@@ -75,6 +75,12 @@ impl From<DecodeError> for ReadError {
     }
 }
 
+/// Said of records that do not decode although the checksum over them is good: the bytes are
+/// as written, so what reads them is not what wrote them.
+const TYPE_CHANGED: &str = "the checksum is good, so the key or value type has likely \
+     changed since the dump was written: did the value type change? bump `schema` so that \
+     older dumps are refused instead";
+
 fn corrupt(why: impl Into<String>) -> ReadError {
     ReadError::Decode(DecodeError::Corrupt(why.into()))
 }
@@ -372,7 +378,7 @@ where
             }
             Err(e) => {
                 return Err(corrupt(format!(
-                    "record {i} of {} does not decode: {e}",
+                    "record {i} of {} does not decode: {e}; {TYPE_CHANGED}",
                     header.count
                 )));
             }
@@ -381,7 +387,7 @@ where
     let trailing = (filled - at) as u64 + io::copy(&mut input, &mut io::sink())?;
     if trailing != 0 {
         return Err(corrupt(format!(
-            "{trailing} bytes after the last of {} records",
+            "{trailing} bytes after the last of {} records; {TYPE_CHANGED}",
             header.count
         )));
     }

@@ -181,12 +181,36 @@ impl Layer {
         set(&mut s.retry_max, &self.retry_max);
     }
 
-    /// Reads `CACHE_WORKER_<BUCKET>_*` through `lookup` (the process environment in production).
+    /// Whether this layer sets `setting` (named as in the environment: `REFRESH`, `FILE`, ...).
+    fn sets(&self, setting: &str) -> bool {
+        match setting {
+            "FILE" => self.file.is_some(),
+            "REFRESH" => self.refresh.is_some(),
+            "LOAD_TIMEOUT" => self.load_timeout.is_some(),
+            "CONCURRENCY" => self.concurrency.is_some(),
+            "SCHEMA" => self.schema.is_some(),
+            "DUMP_INTERVAL" => self.dump_interval.is_some(),
+            "CACHE_ENABLED" => self.cache_enabled.is_some(),
+            "SHUTDOWN_TIMEOUT" => self.shutdown_timeout.is_some(),
+            "EVENT_CAPACITY" => self.event_capacity.is_some(),
+            "RETRY_MIN" => self.retry_min.is_some(),
+            "RETRY_MAX" => self.retry_max.is_some(),
+            _ => false,
+        }
+    }
+
+    /// Reads `CACHE_WORKER_<BUCKET>_*` through `lookup` (the process environment in production),
+    /// leaving out the settings that `above`, the layer that wins over the environment, sets:
+    /// a bad variable for a setting the code overrides does not stop the start.
     pub(crate) fn from_env(
         bucket: &str,
+        above: &Layer,
         lookup: impl Fn(&str) -> Option<String>,
     ) -> Result<Layer, Error> {
         let get = |setting: &str| {
+            if above.sets(setting) {
+                return None;
+            }
             let variable = Settings::env_var(bucket, setting);
             lookup(&variable).map(|value| (variable, value))
         };
@@ -337,6 +361,7 @@ mod tests {
     fn env_layer_parses_every_setting() {
         let layer = Layer::from_env(
             "s",
+            &Layer::default(),
             env(&[
                 ("CACHE_WORKER_S_FILE", "/tmp/x.dump"),
                 ("CACHE_WORKER_S_REFRESH", "1h30m"),
@@ -370,22 +395,53 @@ mod tests {
     #[test]
     fn refresh_off_disables() {
         for off in ["off", "0", "none", "0s"] {
-            let layer =
-                Layer::from_env("s", env(&[("CACHE_WORKER_S_REFRESH", off)])).expect("valid");
+            let layer = Layer::from_env(
+                "s",
+                &Layer::default(),
+                env(&[("CACHE_WORKER_S_REFRESH", off)]),
+            )
+            .expect("valid");
             assert_eq!(layer.refresh, Some(None), "{off}");
         }
     }
 
     #[test]
     fn invalid_env_names_variable_and_value() {
-        let err = Layer::from_env("s", env(&[("CACHE_WORKER_S_REFRESH", "1 hour please")]))
-            .expect_err("invalid");
+        let err = Layer::from_env(
+            "s",
+            &Layer::default(),
+            env(&[("CACHE_WORKER_S_REFRESH", "1 hour please")]),
+        )
+        .expect_err("invalid");
         let msg = err.to_string();
         assert!(msg.contains("CACHE_WORKER_S_REFRESH"), "{msg}");
         assert!(msg.contains("1 hour please"), "{msg}");
-        let err = Layer::from_env("s", env(&[("CACHE_WORKER_S_CONCURRENCY", "many")]))
-            .expect_err("invalid");
+        let err = Layer::from_env(
+            "s",
+            &Layer::default(),
+            env(&[("CACHE_WORKER_S_CONCURRENCY", "many")]),
+        )
+        .expect_err("invalid");
         assert!(err.to_string().contains("CACHE_WORKER_S_CONCURRENCY"));
+    }
+
+    #[test]
+    fn a_setting_the_layer_above_sets_is_not_read() {
+        let above = Layer {
+            refresh: Some(None),
+            ..Layer::default()
+        };
+        let layer = Layer::from_env(
+            "s",
+            &above,
+            env(&[
+                ("CACHE_WORKER_S_REFRESH", "1 hour please"),
+                ("CACHE_WORKER_S_CONCURRENCY", "4"),
+            ]),
+        )
+        .expect("the bad REFRESH is overridden");
+        assert_eq!(layer.refresh, None);
+        assert_eq!(layer.concurrency, Some(4));
     }
 
     #[test]

@@ -319,6 +319,46 @@ where
     Ok((map, expired))
 }
 
+/// Makes the dump file usable by this instance alone before the start reads it: creates its
+/// folder, and takes the advisory lock on `<file>.lock` (the dump itself is replaced by every
+/// write, so it cannot carry the lock). The lock lives in `inner.dump_file_lock` until the
+/// final dump, or until the last user handle is dropped; the OS releases it if the process
+/// dies, so a crash never leaves a stale lock.
+pub(crate) fn prepare<W: CacheWorker>(inner: &Inner<W>) -> Result<(), Error> {
+    let Some(path) = inner.settings.file.clone() else {
+        return Ok(());
+    };
+    let failed = |source| Error::DumpFile {
+        path: path.clone(),
+        source,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir).map_err(failed)?;
+    }
+    let lock = lock_path(&path);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock)
+        .map_err(failed)?;
+    match file.try_lock() {
+        Ok(()) => {
+            *inner.dump_file_lock.lock() = Some(file);
+            Ok(())
+        }
+        Err(fs::TryLockError::WouldBlock) => Err(Error::DumpInUse { path, lock }),
+        Err(fs::TryLockError::Error(source)) => Err(failed(source)),
+    }
+}
+
+/// `<file>.lock`, the advisory lock of a dump file.
+fn lock_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    PathBuf::from(name)
+}
+
 /// Where a damaged dump is moved: `<file>.corrupt`.
 pub(crate) fn corrupt_path(path: &Path) -> PathBuf {
     let mut name = path.as_os_str().to_owned();

@@ -53,6 +53,27 @@ pub enum Error {
         /// The bucket.
         bucket: String,
     },
+    /// The dump file's folder could not be created, or its lock file could not be opened.
+    #[error("could not prepare dump file {path}: {source}")]
+    DumpFile {
+        /// The dump file.
+        path: std::path::PathBuf,
+        /// The I/O failure.
+        source: std::io::Error,
+    },
+    /// Another running worker, in this process or another, uses this dump file: its final dump
+    /// would overwrite this one's. Give each instance its own file, or shut the other down
+    /// first. The lock is released at shutdown, and by the OS when a process dies.
+    #[error(
+        "dump file {path} is in use by another running worker (it holds {lock}); give each \
+         instance its own file, or shut the other down first"
+    )]
+    DumpInUse {
+        /// The dump file.
+        path: std::path::PathBuf,
+        /// The lock file beside it.
+        lock: std::path::PathBuf,
+    },
     /// A dump file could not be written. The previous dump, if any, is left intact.
     #[error("could not write dump file {path}: {source}")]
     DumpWrite {

@@ -1,12 +1,13 @@
 //! Change events, delivered to every subscriber.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use futures_core::Stream;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, oneshot};
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
@@ -133,6 +134,7 @@ impl<K: Clone + Send + 'static, V: Send + Sync + 'static> Events<K, V> {
 
     pub(crate) fn subscribe(&self, closed: CancellationToken) -> EventStream<K, V> {
         EventStream {
+            attach: None,
             inner: Some(BroadcastStream::new(self.sender.subscribe())),
             closed: Some(Box::pin(closed.cancelled_owned())),
             sent: self.sent.clone(),
@@ -150,6 +152,8 @@ impl<K: Clone + Send + 'static, V: Send + Sync + 'static> Events<K, V> {
 /// of its queue are dropped for it, and it gets one [`Event::Lagged`] with their exact number,
 /// then the events still queued. The stream ends when the worker is dropped or shut down.
 pub struct EventStream<K, V> {
+    /// A subscription made before its worker started: the stream it becomes once it has.
+    attach: Option<oneshot::Receiver<EventStream<K, V>>>,
     inner: Option<BroadcastStream<Numbered<K, V>>>,
     /// Ready once the worker has shut down: the stream ends when it has nothing queued.
     closed: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
@@ -162,9 +166,24 @@ pub struct EventStream<K, V> {
 }
 
 impl<K: Clone + Send + 'static, V: Send + Sync + 'static> EventStream<K, V> {
-    /// A stream that ends at once: what a process-wide worker that is not running gives.
+    /// A stream that becomes the one sent on `attach` (or ends, if none is): what a
+    /// process-wide worker that is not running yet gives.
+    pub(crate) fn attaching(attach: oneshot::Receiver<EventStream<K, V>>) -> Self {
+        EventStream {
+            attach: Some(attach),
+            inner: None,
+            closed: None,
+            sent: Arc::default(),
+            capacity: 1,
+            missed: 0,
+            held: None,
+        }
+    }
+
+    /// A stream that ends at once.
     pub(crate) fn ended() -> Self {
         EventStream {
+            attach: None,
             inner: None,
             closed: None,
             sent: Arc::default(),
@@ -188,6 +207,12 @@ impl<K: Clone + Send + 'static, V: Send + Sync + 'static> Stream for EventStream
     type Item = Event<K, V>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if let Some(attach) = self.attach.as_mut() {
+            match Pin::new(attach).poll(cx) {
+                Poll::Ready(attached) => *self = attached.unwrap_or_else(|_| Self::ended()),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
         if let Some(event) = self.held.take() {
             return Poll::Ready(Some(event));
         }
@@ -238,7 +263,8 @@ impl<K: Clone + Send + 'static, V: Send + Sync + 'static> Stream for EventStream
 impl<K, V> std::fmt::Debug for EventStream<K, V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EventStream")
-            .field("ended", &self.inner.is_none())
+            .field("attaching", &self.attach.is_some())
+            .field("ended", &(self.attach.is_none() && self.inner.is_none()))
             .finish()
     }
 }

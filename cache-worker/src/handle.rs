@@ -64,12 +64,17 @@ impl<W: CacheWorker> std::fmt::Debug for Worker<W> {
     }
 }
 
-/// Held by every user handle (not by the background tasks): the last one dropped stops them.
-struct Alive(CancellationToken);
+/// Held by every user handle (not by the background tasks): the last one dropped stops them,
+/// and releases the dump file's lock for another instance.
+struct Alive {
+    cancel: CancellationToken,
+    dump_file_lock: Arc<parking_lot::Mutex<Option<std::fs::File>>>,
+}
 
 impl Drop for Alive {
     fn drop(&mut self) {
-        self.0.cancel();
+        self.cancel.cancel();
+        self.dump_file_lock.lock().take();
     }
 }
 
@@ -232,6 +237,28 @@ impl<W: CacheWorker> Worker<W> {
         dump::write(&self.inner).await
     }
 
+    /// Waits until the first refresh cycle after the start has finished, and returns its
+    /// report: for a worker with a bulk load, its first `load_all` (on a cold start the bucket
+    /// is empty, or holds only the seed, until then); after a warm start, the revalidation of
+    /// the entries that were stale in the dump. [`Builder::start`] does not wait for it.
+    ///
+    /// Returns at once once that cycle is done. The cycle may have failed (see the report's
+    /// `failed`): the worker retries with backoff, and `ready` does not wait for a success.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ShutDown`] if the worker stopped before the cycle finished.
+    pub async fn ready(&self) -> Result<RefreshReport, Error> {
+        let mut first = self.inner.first_cycle.subscribe();
+        tokio::select! {
+            biased;
+            Ok(report) = first.wait_for(Option::is_some) => Ok(report.clone().unwrap_or_default()),
+            _ = self.inner.cancel.cancelled() => Err(Error::ShutDown {
+                bucket: self.inner.settings.bucket.clone(),
+            }),
+        }
+    }
+
     /// How this instance started: warm from its dump (how many entries), or cold and why.
     pub fn started(&self) -> &StartKind {
         self.inner
@@ -283,6 +310,7 @@ async fn shut_down<W: CacheWorker>(inner: &Arc<Inner<W>>) {
     drop(tasks);
     // Logged and counted inside; the previous dump stays.
     let _ = dump::write(inner).await;
+    inner.dump_file_lock.lock().take();
     inner.closed.cancel();
     tracing::info!(bucket, "shut down");
 }
@@ -419,7 +447,10 @@ impl<W: CacheWorker> Builder<W> {
             .unwrap_or_else(default_bucket::<W>);
         let mut settings = Settings::defaults(bucket);
         self.preset.apply(&mut settings);
-        Layer::from_env(&settings.bucket, |name| std::env::var(name).ok())?.apply(&mut settings);
+        Layer::from_env(&settings.bucket, &self.explicit, |name| {
+            std::env::var(name).ok()
+        })?
+        .apply(&mut settings);
         self.explicit.apply(&mut settings);
         if !settings.cache_enabled && settings.file.is_some() {
             // Nothing is stored, so a dump would only be an empty one that makes the next
@@ -434,11 +465,21 @@ impl<W: CacheWorker> Builder<W> {
         Ok(settings)
     }
 
-    /// Starts the worker: restores the dump (a warm start) or seeds a cold one, starts the
-    /// refresher and the dump writer, and returns once the bucket is ready to read.
+    /// Starts the worker: takes the dump file's lock (creating its folder), restores the dump
+    /// (a warm start) or seeds a cold one, starts the refresher and the dump writer, and
+    /// returns. The bucket then holds the dump's entries or the seed; the first refresh cycle
+    /// (a bulk worker's first `load_all`) runs in the background: await
+    /// [`Worker::ready`] to wait for it.
+    ///
+    /// # Errors
+    ///
+    /// A setting out of range ([`Error::InvalidConfig`], [`Error::InvalidSetting`]), a dump
+    /// file another running worker uses ([`Error::DumpInUse`]) or whose folder cannot be
+    /// created ([`Error::DumpFile`]), or a seed that aborts ([`Error::SeedAborted`]).
     pub async fn start(self) -> Result<Worker<W>, Error> {
         let settings = self.settings()?;
         let inner = Arc::new(Inner::new(self.state, settings));
+        dump::prepare(&inner)?;
         let start = dump::restore(&inner).await;
         match &start {
             StartKind::Warm { restored, .. } => {
@@ -461,7 +502,10 @@ impl<W: CacheWorker> Builder<W> {
             "started"
         );
         let _ = inner.start.set(start);
-        let alive = Arc::new(Alive(inner.cancel.clone()));
+        let alive = Arc::new(Alive {
+            cancel: inner.cancel.clone(),
+            dump_file_lock: inner.dump_file_lock.clone(),
+        });
         Ok(Worker {
             inner,
             _alive: alive,

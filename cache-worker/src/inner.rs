@@ -70,6 +70,11 @@ pub(crate) struct Inner<W: CacheWorker> {
     pub(crate) background: tokio::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// How the start went; set once it has.
     pub(crate) start: std::sync::OnceLock<crate::StartKind>,
+    /// The report of the first refresh cycle after the start, once it has finished.
+    pub(crate) first_cycle: tokio::sync::watch::Sender<Option<crate::RefreshReport>>,
+    /// The advisory lock on the dump file (`<file>.lock`), held while a user handle lives and
+    /// until the final dump is written; the OS drops it if the process dies.
+    pub(crate) dump_file_lock: Arc<parking_lot::Mutex<Option<std::fs::File>>>,
 }
 
 /// Where a write came from, for tracing.
@@ -105,6 +110,8 @@ impl<W: CacheWorker> Inner<W> {
             closed: CancellationToken::new(),
             background: tokio::sync::Mutex::new(Vec::new()),
             start: std::sync::OnceLock::new(),
+            first_cycle: tokio::sync::watch::Sender::new(None),
+            dump_file_lock: Arc::default(),
             settings,
         }
     }

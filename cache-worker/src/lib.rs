@@ -85,7 +85,9 @@ pub use cache_worker_derive::cache_worker;
 pub mod __private {
     pub use crate::config::Attributes;
     pub use crate::slot::Slot;
-    pub use crate::{CacheWorker, Error, EventStream, FetchError, RefreshReport, Stats, Worker};
+    pub use crate::{
+        Builder, CacheWorker, Error, EventStream, FetchError, RefreshReport, Stats, Worker,
+    };
     pub use std::borrow::Borrow;
     pub use std::future::Future;
     pub use std::hash::Hash;

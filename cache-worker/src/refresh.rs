@@ -86,12 +86,13 @@ enum Reloaded {
 /// Starts the supervisor, which runs the refresher and restarts it with backoff if it panics.
 pub(crate) fn supervise<W: CacheWorker>(inner: Arc<Inner<W>>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut startup = true;
         let mut restarts = 0;
         loop {
             let started = Instant::now();
+            // The start's first cycle runs again if the refresher crashed before it finished,
+            // so that `Worker::ready` is answered.
+            let startup = inner.first_cycle.borrow().is_none();
             let run = tokio::spawn(Refresher::new(inner.clone()).run(startup));
-            startup = false;
             match run.await {
                 Err(e) if e.is_panic() => {
                     bump(&inner.stats.refresher_restarts);
@@ -329,6 +330,13 @@ impl<W: CacheWorker> Refresher<W> {
         for reply in waiters {
             let _ = reply.send(cycle.report.clone());
         }
+        inner.first_cycle.send_if_modified(|first| {
+            let unset = first.is_none();
+            if unset {
+                *first = Some(cycle.report.clone());
+            }
+            unset
+        });
         if !cycle.bulk_failed {
             // Every key this cycle reloaded is fresh: a later failure of its own reload starts
             // the backoff over at `retry_min`. Keys it could not reload keep their count; keys

@@ -6,32 +6,49 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use arc_swap::ArcSwapOption;
+use tokio::sync::oneshot;
 
 use crate::config::Attributes;
-use crate::{CacheWorker, Error, EventStream, FetchError, RefreshReport, Stats, Worker};
+use crate::{Builder, CacheWorker, Error, EventStream, FetchError, RefreshReport, Stats, Worker};
 
 /// One process-wide worker of type `W`, empty until started. Not for direct use: the
 /// attribute generates one per annotated type.
 #[doc(hidden)]
 pub struct Slot<W: CacheWorker> {
+    /// The attribute's bucket, for errors before the start.
+    bucket: &'static str,
     current: ArcSwapOption<Worker<W>>,
     /// Taken from the start of `start` until `shutdown`: a second start is refused.
     taken: AtomicBool,
+    /// Subscriptions made while no worker is in the slot: each gets its stream when one is put
+    /// there, before anyone else can reach it.
+    waiting: parking_lot::Mutex<Vec<Subscriber<W>>>,
 }
 
-impl<W: CacheWorker> Default for Slot<W> {
-    fn default() -> Self {
-        Self::new()
-    }
-}
+/// Where a subscription made before the start gets its stream.
+type Subscriber<W> =
+    oneshot::Sender<EventStream<<W as CacheWorker>::Key, <W as CacheWorker>::Value>>;
 
 impl<W: CacheWorker> Slot<W> {
-    /// An empty slot.
-    pub const fn new() -> Self {
+    /// An empty slot for the worker of `bucket`.
+    pub const fn new(bucket: &'static str) -> Self {
         Slot {
+            bucket,
             current: ArcSwapOption::const_empty(),
             taken: AtomicBool::new(false),
+            waiting: parking_lot::const_mutex(Vec::new()),
         }
+    }
+
+    fn not_started(&self) -> Error {
+        Error::NotStarted {
+            bucket: self.bucket.to_owned(),
+        }
+    }
+
+    /// A builder with the attribute's settings as its preset.
+    pub fn builder(&self, state: W, attributes: &'static Attributes) -> Builder<W> {
+        Worker::builder(state).attributes(attributes)
     }
 
     /// Starts the process-wide worker; refused while one is running.
@@ -51,7 +68,12 @@ impl<W: CacheWorker> Slot<W> {
         }
         match Worker::builder(state).attributes(attributes).start().await {
             Ok(worker) => {
+                let mut waiting = self.waiting.lock();
+                for subscriber in waiting.drain(..) {
+                    let _ = subscriber.send(worker.subscribe());
+                }
                 self.current.store(Some(Arc::new(worker.clone())));
+                drop(waiting);
                 Ok(worker)
             }
             Err(error) => {
@@ -88,11 +110,12 @@ impl<W: CacheWorker> Slot<W> {
         self.current.load().as_ref()?.peek(key)
     }
 
-    /// See [`Worker::insert`]; ignored when not started.
-    pub fn insert(&self, key: W::Key, value: W::Value) {
-        if let Some(worker) = self.current.load().as_ref() {
-            worker.insert(key, value);
-        }
+    /// See [`Worker::insert`]; [`Error::NotStarted`] when not started.
+    pub fn insert(&self, key: W::Key, value: W::Value) -> Result<(), Error> {
+        let current = self.current.load();
+        let worker = current.as_ref().ok_or_else(|| self.not_started())?;
+        worker.insert(key, value);
+        Ok(())
     }
 
     /// See [`Worker::invalidate`].
@@ -123,12 +146,16 @@ impl<W: CacheWorker> Slot<W> {
         self.len() == 0
     }
 
-    /// See [`Worker::subscribe`]; a stream that ends at once when not started.
+    /// See [`Worker::subscribe`]. Before the start, a stream that attaches to the worker once
+    /// it is started (the start's own changes, such as its seed, come before that).
     pub fn subscribe(&self) -> EventStream<W::Key, W::Value> {
-        self.current
-            .load()
-            .as_ref()
-            .map_or_else(EventStream::ended, |w| w.subscribe())
+        let mut waiting = self.waiting.lock();
+        if let Some(worker) = self.current.load().as_ref() {
+            return worker.subscribe();
+        }
+        let (subscriber, stream) = oneshot::channel();
+        waiting.push(subscriber);
+        EventStream::attaching(stream)
     }
 
     /// See [`Worker::stats`]; all zero when not started.
@@ -142,9 +169,7 @@ impl<W: CacheWorker> Slot<W> {
 
     /// See [`Worker::refresh_all`]; [`Error::NotStarted`] when not started.
     pub async fn refresh_all(&self) -> Result<RefreshReport, Error> {
-        let worker = self.current.load_full().ok_or_else(|| Error::NotStarted {
-            bucket: std::any::type_name::<W>().to_owned(),
-        })?;
+        let worker = self.current.load_full().ok_or_else(|| self.not_started())?;
         worker.refresh_all().await
     }
 
