@@ -42,9 +42,32 @@
 //!     .await?;
 //! assert_eq!(*prices.fetch(&"sku-1".to_string()).await.unwrap(), 500);
 //! assert_eq!(prices.peek("sku-1").as_deref(), Some(&500));
-//! prices.shutdown().await; // final dump: the next start is warm
+//! prices.shutdown().await?; // final dump: the next start is warm
 //! # Ok(()) }
 //! ```
+//!
+//! # Cargo features
+//!
+//! | feature | default | what it gives |
+//! |---|---|---|
+//! | `macros` | yes | the [`#[cache_worker]`](macro@cache_worker) attribute (through `cache-worker-derive`) |
+//! | `vista` | no | the [`vista`] module: a client for the Vista Connect cinema API, its models, and the `Sessions`, `Cinemas` and `Films` workers over it (pulls in `reqwest` with `rustls`, and `jiff`, re-exported as `vista::jiff`) |
+//! | `vista-testing` | no | `vista::testing`: a fake Vista server on loopback with a recorded feed, for tests and demos (implies `vista`, pulls in `axum`) |
+//!
+//! Without `macros`, [`Worker::builder`] is the whole API, and the proc-macro crate (with `syn`)
+//! is not built.
+//!
+//! # Panics in `load`
+//!
+//! A panicking [`CacheWorker::load`] fails that load ([`FetchError`]) and leaves the worker
+//! running, but the panic still goes through the process's panic hook first, so by default its
+//! message (and, with `RUST_BACKTRACE=1`, a backtrace) is printed on stderr. The crate does not
+//! replace the hook, which belongs to the application; the doc of [`CacheWorker::load`] shows
+//! one that sends panics to `tracing` instead.
+
+// docs.rs builds with `--cfg docsrs` on nightly (see `[package.metadata.docs.rs]`), where
+// `doc_cfg` puts a "feature = ..." badge on each feature-gated item.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod bucket;
 mod clock;
@@ -77,6 +100,7 @@ pub use stats::Stats;
 pub use worker::{CacheWorker, Entries, SeedError};
 
 #[cfg(feature = "macros")]
+#[cfg_attr(docsrs, doc(cfg(feature = "macros")))]
 pub use cache_worker_derive::cache_worker;
 
 /// What the code that `#[cache_worker]` generates calls. Not a public API: it may change in
