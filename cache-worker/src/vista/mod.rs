@@ -15,6 +15,19 @@
 //!
 //! Showtimes are naive local times of the cinema; [`Session::starts_at`] places them in a
 //! [`jiff::tz::TimeZone`] ([`VistaClient::time_zone`], by default the system's).
+//!
+//! The API takes and returns [`jiff`] types (`civil::DateTime`, `Timestamp`, `tz::TimeZone`,
+//! `jiff::Error`); they are re-exported as [`vista::jiff`](jiff), so a caller needs no `jiff`
+//! dependency of its own, nor one whose version must match this crate's:
+//!
+//! ```
+//! use cache_worker::vista::jiff::{civil, tz::TimeZone};
+//!
+//! let berlin = TimeZone::posix("CET-1CEST,M3.5.0,M10.5.0/3")?;
+//! let showtime = civil::date(2025, 6, 1).at(20, 15, 0, 0);
+//! assert_eq!(showtime.to_zoned(berlin)?.timestamp().to_string(), "2025-06-01T18:15:00Z");
+//! # Ok::<(), cache_worker::vista::jiff::Error>(())
+//! ```
 
 mod client;
 mod error;
@@ -24,6 +37,11 @@ mod poll;
 #[cfg_attr(docsrs, doc(cfg(feature = "vista-testing")))]
 pub mod testing;
 mod workers;
+
+/// The date and time library of the Vista API, re-exported so that its types can be named
+/// (and its version matched) without a dependency of your own.
+#[doc(inline)]
+pub use jiff;
 
 pub use client::VistaClient;
 pub use error::VistaError;
