@@ -53,6 +53,36 @@ pub trait CacheWorker: Send + Sync + Sized + 'static {
     /// stored, and a refresh keeps the old value.
     ///
     /// A panic or a load that passes the load timeout is caught and reported like an error.
+    ///
+    /// # Panics
+    ///
+    /// A caught panic ([`FetchError::Panicked`](crate::FetchError::Panicked), the worker keeps
+    /// running) still passes through the process's panic hook, as every panic does before it
+    /// unwinds: with the default hook its message, and with `RUST_BACKTRACE=1` a backtrace, is
+    /// printed on stderr. This crate leaves the hook alone, since it belongs to the application.
+    /// To have panics reported through `tracing` instead, install a hook at the start of
+    /// `main` (this needs `tracing` among your dependencies):
+    ///
+    /// ```
+    /// use std::backtrace::Backtrace;
+    /// use std::panic::PanicHookInfo;
+    ///
+    /// fn panic_to_tracing(info: &PanicHookInfo<'_>) {
+    ///     let payload = info.payload();
+    ///     let message = (payload.downcast_ref::<&str>().copied())
+    ///         .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+    ///         .unwrap_or("(a non-string payload)");
+    ///     let location = info.location().map(ToString::to_string).unwrap_or_default();
+    ///     // `capture` honours RUST_BACKTRACE / RUST_LIB_BACKTRACE, as the default hook does.
+    ///     let backtrace = Backtrace::capture();
+    ///     tracing::error!(%location, %backtrace, "panicked: {message}");
+    /// }
+    ///
+    /// std::panic::set_hook(Box::new(panic_to_tracing));
+    /// # let _ = std::panic::take_hook();
+    /// ```
+    ///
+    /// The hook sees every panic of the process, not only those of loads.
     fn load(
         &self,
         key: &Self::Key,
