@@ -82,7 +82,7 @@ async fn main() -> Result<(), cache_worker::Error> {
         "stats: {} hits, {} misses, {} loads, {} restored",
         stats.hits, stats.misses, stats.loads, stats.restored
     );
-    widgets.shutdown().await;
+    widgets.shutdown().await?;
     println!(
         "dump written to {} ({} writes); run me again for a warm start",
         dump.display(),

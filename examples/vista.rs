@@ -189,7 +189,8 @@ async fn main() -> Result<(), BoxError> {
 
     // Final dumps, then the counters of the sessions worker.
     let began = Instant::now();
-    tokio::join!(cinemas.shutdown(), films.shutdown(), sessions.shutdown());
+    let (c, f, s) = tokio::join!(cinemas.shutdown(), films.shutdown(), sessions.shutdown());
+    c.and(f).and(s)?;
     println!("shut down, dumps written in {}", ms(began.elapsed()));
     let st = sessions.stats();
     println!(

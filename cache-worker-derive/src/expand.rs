@@ -128,7 +128,10 @@ fn glue(attributes: &Attributes, target: &Target) -> TokenStream {
     let doc_shutdown = format!(
         " Stops the background refresh of `{ident}` and writes the final dump; afterwards \
          the worker reads as not started and can be started again. Does nothing if it is \
-         not running."
+         not running.\n\n\
+         # Errors\n\n\
+         `Error::DumpWrite` if the final dump could not be written (the previous dump file \
+         is left as it was)."
     );
 
     quote! {
@@ -223,7 +226,7 @@ fn glue(attributes: &Attributes, target: &Target) -> TokenStream {
             }
 
             #[doc = #doc_shutdown]
-            #vis async fn shutdown() {
+            #vis async fn shutdown() -> #p::Result<(), #p::Error> {
                 Self::__cache_worker_slot().shutdown().await
             }
         }

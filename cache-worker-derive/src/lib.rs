@@ -58,7 +58,7 @@ use proc_macro::TokenStream;
 /// | `stats()` | `Stats` |
 /// | `worker()` | `Option<Worker<Self>>`, the running instance's handle |
 /// | `async refresh_all()` | `Result<RefreshReport, Error>`, after one full refresh cycle |
-/// | `async shutdown()` | `()`; stops refreshing and writes the final dump |
+/// | `async shutdown()` | `Result<(), Error>`; stops refreshing and writes the final dump |
 ///
 /// Before `start` (and after `shutdown`), `fetch` answers `FetchError::NotStarted`,
 /// `insert` and `refresh_all` `Error::NotStarted` (naming the bucket), `get` and `peek` `None`,

@@ -263,7 +263,7 @@ fn reads(rows: &mut Vec<Row>, rt: &tokio::runtime::Runtime, n: usize) {
         goal: "≤ 1.5×",
         met: t_get / t_raw_async <= 1.5,
     });
-    rt.block_on(w.shutdown());
+    rt.block_on(w.shutdown()).unwrap();
 }
 
 /// Lookups per second of `lookup` on `threads` threads, each reading 1M keys in its own random
@@ -345,7 +345,7 @@ fn scaling(rows: &mut Vec<Row>, rt: &tokio::runtime::Runtime, n: usize) {
         goal: "≥ 1.7×",
         met: two / one >= 1.7,
     });
-    rt.block_on(w.shutdown());
+    rt.block_on(w.shutdown()).unwrap();
 }
 
 /// Takes one record to encode.
@@ -474,7 +474,7 @@ fn dumps(rows: &mut Vec<Row>, rt: &tokio::runtime::Runtime, n: usize) {
         goal: "≤ 2×",
         met: busy / idle <= 2.0,
     });
-    rt.block_on(w.shutdown());
+    rt.block_on(w.shutdown()).unwrap();
     drop(w);
 
     // Warm start vs decoding the same records and inserting them into a presized DashMap.
@@ -489,7 +489,7 @@ fn dumps(rows: &mut Vec<Row>, rt: &tokio::runtime::Runtime, n: usize) {
             // Stopped and freed before the next round, so that freeing this worker's entries
             // on a runtime thread does not overlap the next measurement. Nothing changed since
             // the restore, so there is no final dump.
-            rt.block_on(w.shutdown());
+            rt.block_on(w.shutdown()).unwrap();
             drop(w);
             elapsed
         })
@@ -720,7 +720,7 @@ fn refresh_cycle(rows: &mut Vec<Row>, rt: &tokio::runtime::Runtime, n: usize) {
         goal: "(overhead of the worker)",
         met: true,
     });
-    rt.block_on(w.shutdown());
+    rt.block_on(w.shutdown()).unwrap();
 }
 
 /// Set to a dump file's path: the process only starts a worker warm from it and prints its

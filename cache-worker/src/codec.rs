@@ -32,8 +32,10 @@ const FIXED_HEADER: usize = 38;
 /// No single record may claim more than this when decoded (bounds allocations from a lying file).
 const RECORD_LIMIT: usize = 1 << 30;
 /// A dump's (unchecked) count presizes the collection for at most one record per this many
-/// bytes of body (a session-like record takes about 70).
-const PRESIZE_BYTES_PER_RECORD: u64 = 8;
+/// bytes of body. An honest record takes at least 20: its two times are milliseconds since 1970
+/// (past `u32::MAX`, so 9 bytes each as varints) besides its key and value; a session-like one
+/// takes about 70.
+const PRESIZE_BYTES_PER_RECORD: u64 = 16;
 /// The window the body is read through (grown only for a record larger than it).
 const WINDOW: usize = 1 << 20;
 

@@ -336,12 +336,37 @@ pub(crate) fn prepare<W: CacheWorker>(inner: &Inner<W>) -> Result<(), Error> {
         fs::create_dir_all(dir).map_err(failed)?;
     }
     let lock = lock_path(&path);
-    let file = OpenOptions::new()
+    // Made if missing, then held open read-only: a lock needs no write access, and a file open
+    // for writing would keep the file system from being remounted read-only.
+    let opened = match OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&lock)
-        .map_err(failed)?;
+    {
+        Ok(_) => File::open(&lock),
+        // In a read-only folder: the lock file of an earlier run, if there is one.
+        Err(error) => File::open(&lock).map_err(|_| error),
+    };
+    let file = match opened {
+        Ok(file) => file,
+        Err(error)
+            if matches!(
+                error.kind(),
+                io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem
+            ) =>
+        {
+            // Nobody can write a dump there, so no instance's dump can replace another's.
+            tracing::warn!(
+                bucket = inner.bucket_name(),
+                path = %path.display(),
+                %error,
+                "the dump file's folder is read-only: no lock taken, and dumps will fail until it is writable"
+            );
+            return Ok(());
+        }
+        Err(error) => return Err(failed(error)),
+    };
     match file.try_lock() {
         Ok(()) => {
             *inner.dump_file_lock.lock() = Some(file);

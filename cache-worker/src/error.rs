@@ -105,6 +105,41 @@ pub enum FetchError {
     NotStarted,
 }
 
+/// A failed dump write kept to be told again: `io::Error` is not `Clone`, so each caller gets
+/// an error rebuilt from the same OS error number (or kind and message).
+#[derive(Debug)]
+pub(crate) struct DumpFailure {
+    path: std::path::PathBuf,
+    os_error: Option<i32>,
+    kind: std::io::ErrorKind,
+    message: String,
+}
+
+impl DumpFailure {
+    pub(crate) fn of(error: &Error) -> Option<Self> {
+        match error {
+            Error::DumpWrite { path, source } => Some(DumpFailure {
+                path: path.clone(),
+                os_error: source.raw_os_error(),
+                kind: source.kind(),
+                message: source.to_string(),
+            }),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn error(&self) -> Error {
+        let source = match self.os_error {
+            Some(code) => std::io::Error::from_raw_os_error(code),
+            None => std::io::Error::new(self.kind, self.message.clone()),
+        };
+        Error::DumpWrite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+}
+
 /// The message of a panic payload, as `std` prints it.
 pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> Arc<str> {
     if let Some(s) = payload.downcast_ref::<&'static str>() {

@@ -13,6 +13,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Attributes, Layer, Settings};
+use crate::error::DumpFailure;
 use crate::inner::{Inner, Source};
 use crate::load::{fetch, load_one};
 use crate::refresh::{Command, RefreshReport};
@@ -37,7 +38,7 @@ use crate::{CacheWorker, Error, EventStream, FetchError, SeedError, Stats, dump,
 /// let squares = Worker::builder(Squares).bucket("squares").start().await?;
 /// assert_eq!(*squares.fetch(&12).await.unwrap(), 144);
 /// assert_eq!(squares.peek(&12).as_deref(), Some(&144)); // cache only, never loads
-/// squares.shutdown().await;
+/// squares.shutdown().await?;
 /// # Ok(()) }
 /// ```
 pub struct Worker<W: CacheWorker> {
@@ -276,15 +277,24 @@ impl<W: CacheWorker> Worker<W> {
     /// final dump. Reads from the bucket still work afterwards; misses no longer load.
     /// Every call returns once that is done: a second call, or one made at the same time,
     /// waits for the first; if the first was dropped part-way, the next one finishes it.
-    pub async fn shutdown(&self) {
+    ///
+    /// # Errors
+    ///
+    /// [`Error::DumpWrite`] if the final dump could not be written (every call says so): the
+    /// previous dump file is left as it was, so the changes since it are not on disk.
+    pub async fn shutdown(&self) -> Result<(), Error> {
         let inner = &self.inner;
-        inner.shut_down.get_or_init(|| shut_down(inner)).await;
+        let failure = inner.shut_down.get_or_init(|| shut_down(inner)).await;
+        match failure {
+            Some(failure) => Err(failure.error()),
+            None => Ok(()),
+        }
     }
 }
 
 /// Stops the background work, waits for loads (up to the shutdown timeout) and writes the
 /// final dump. Run to the end once, by the first `shutdown` that is not dropped part-way.
-async fn shut_down<W: CacheWorker>(inner: &Arc<Inner<W>>) {
+async fn shut_down<W: CacheWorker>(inner: &Arc<Inner<W>>) -> Option<DumpFailure> {
     inner.running.store(false, Ordering::Release);
     let bucket = inner.bucket_name();
     tracing::info!(bucket, "shutting down");
@@ -309,10 +319,14 @@ async fn shut_down<W: CacheWorker>(inner: &Arc<Inner<W>>) {
     }
     drop(tasks);
     // Logged and counted inside; the previous dump stays.
-    let _ = dump::write(inner).await;
+    let failure = dump::write(inner)
+        .await
+        .err()
+        .and_then(|e| DumpFailure::of(&e));
     inner.dump_file_lock.lock().take();
     inner.closed.cancel();
-    tracing::info!(bucket, "shut down");
+    tracing::info!(bucket, final_dump_failed = failure.is_some(), "shut down");
+    failure
 }
 
 /// Configures and starts a [`Worker`]. Settings cascade, lowest first: defaults < the

@@ -62,7 +62,8 @@ pub(crate) struct Inner<W: CacheWorker> {
     /// One dump write at a time.
     pub(crate) dump_lock: tokio::sync::Mutex<()>,
     /// Set once a shutdown has finished, final dump included; later callers wait for it.
-    pub(crate) shut_down: tokio::sync::OnceCell<()>,
+    /// Holds the final dump's failure, if it failed, for every caller of `shutdown`.
+    pub(crate) shut_down: tokio::sync::OnceCell<Option<crate::error::DumpFailure>>,
     /// Cancelled once a shutdown has finished: subscribers' streams end.
     pub(crate) closed: CancellationToken,
     /// The refresher's supervisor and the dump writer, joined on shutdown. An async lock, held

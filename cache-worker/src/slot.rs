@@ -173,11 +173,14 @@ impl<W: CacheWorker> Slot<W> {
         worker.refresh_all().await
     }
 
-    /// See [`Worker::shutdown`]; afterwards the slot can be started again.
-    pub async fn shutdown(&self) {
-        if let Some(worker) = self.current.swap(None) {
-            worker.shutdown().await;
-            self.taken.store(false, Ordering::Release);
-        }
+    /// See [`Worker::shutdown`]; afterwards the slot can be started again. `Ok` when not
+    /// running.
+    pub async fn shutdown(&self) -> Result<(), Error> {
+        let Some(worker) = self.current.swap(None) else {
+            return Ok(());
+        };
+        let shut = worker.shutdown().await;
+        self.taken.store(false, Ordering::Release);
+        shut
     }
 }

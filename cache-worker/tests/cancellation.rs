@@ -190,7 +190,7 @@ async fn a_read_dropped_at_any_point_strands_nothing() {
         "dropped reads: {cases} cases, {calls} loads, {second_waiters} second waiters served, \
          {dropped_unsaved} unsaved loads cancelled with their caller"
     );
-    worker.shutdown().await;
+    worker.shutdown().await.expect("shutdown");
 }
 
 /// `refresh_all` futures dropped before, during and after their cycle: the refresher goes on,
@@ -225,7 +225,7 @@ async fn a_refresh_all_dropped_part_way_leaves_the_refresher_running() {
     assert_eq!(stats.refresher_restarts, 0);
     assert!(stats.refresh_cycles >= 8, "{stats:?}");
     assert_eq!(stats.loads, 3 + 3 * stats.refresh_cycles, "{stats:?}");
-    worker.shutdown().await;
+    worker.shutdown().await.expect("shutdown");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -264,7 +264,7 @@ async fn a_hung_load_times_out_for_every_waiter_at_once() {
     let stats = worker.stats();
     assert_eq!((stats.loads, stats.timeouts, stats.coalesced), (1, 1, 9));
     assert_eq!(worker.len(), 0);
-    worker.shutdown().await;
+    worker.shutdown().await.expect("shutdown");
 }
 
 /// A reload that hangs is cut at the load timeout: the cycle finishes then, reports the
@@ -296,7 +296,7 @@ async fn a_hung_reload_keeps_the_old_value_and_ends_the_cycle_at_the_timeout() {
     assert_eq!(worker.peek("b").as_deref(), Some(&20));
     let stats = worker.stats();
     assert_eq!((stats.timeouts, stats.refresh_failures), (1, 1));
-    worker.shutdown().await;
+    worker.shutdown().await.expect("shutdown");
 }
 
 /// A bulk worker whose `load_all` answers this collection, or hangs while it is `None`.
@@ -344,7 +344,7 @@ async fn a_hung_bulk_load_keeps_the_collection() {
     assert_eq!(worker.peek(&1).as_deref(), Some(&10));
     assert_eq!(worker.peek(&2).as_deref(), Some(&20));
     assert_eq!(worker.stats().timeouts, 1);
-    worker.shutdown().await;
+    worker.shutdown().await.expect("shutdown");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -382,7 +382,7 @@ async fn the_refresh_interval_counts_from_the_end_of_the_previous_cycle() {
     );
     timeline.at(141).await;
     assert_eq!(up.loads_of("a"), 3, "the second cycle began at 140 s");
-    worker.shutdown().await;
+    worker.shutdown().await.expect("shutdown");
 }
 
 /// Reloads that fail and hang keep the old value (stale-if-error), but not past its expiry:
@@ -440,7 +440,7 @@ async fn an_entry_whose_reloads_fail_or_hang_still_expires_on_time() {
     let loads = up.loads_of("e");
     timeline.at(120).await;
     assert_eq!(up.loads_of("e"), loads, "an expired entry is not reloaded");
-    worker.shutdown().await;
+    worker.shutdown().await.expect("shutdown");
 }
 
 /// An entry that expires while its reload is in flight stays gone: the late reload does not
@@ -480,5 +480,5 @@ async fn an_entry_that_expires_while_it_reloads_stays_expired() {
         ),
         "{seen:?}"
     );
-    worker.shutdown().await;
+    worker.shutdown().await.expect("shutdown");
 }

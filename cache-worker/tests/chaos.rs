@@ -707,7 +707,7 @@ async fn run_chaos(bulk: bool) {
         let value = worker.fetch(&key).await.expect("loads answer again");
         assert!(shared.was_returned(key, &value), "{key}: {value:?}");
     }
-    worker.shutdown().await;
+    worker.shutdown().await.expect("shutdown");
     drop(worker);
     tokio::time::timeout(Duration::from_secs(60), consumer)
         .await

@@ -69,7 +69,7 @@ async fn a_dump_of_another_bucket_is_refused() {
     let a = started_on(&Upstream::new(), "a", &file).await;
     assert_eq!(a.stats().restored, 3, "bucket a still starts warm from it");
     assert_eq!(a.peek("k2").as_deref(), Some(&2));
-    a.shutdown().await;
+    a.shutdown().await.expect("shutdown");
 }
 
 #[tokio::test]
@@ -81,7 +81,7 @@ async fn a_dump_of_another_schema_is_refused() {
         .await
         .expect("start");
     w.insert(key("a"), 1);
-    w.shutdown().await;
+    w.shutdown().await.expect("shutdown");
     let bytes = std::fs::read(&file).expect("dump");
 
     let up = Upstream::new();
@@ -104,7 +104,7 @@ async fn a_dump_of_another_schema_is_refused() {
         .expect("start");
     assert_eq!(w1.stats().restored, 1);
     assert_eq!(w1.peek("a").as_deref(), Some(&1));
-    w1.shutdown().await;
+    w1.shutdown().await.expect("shutdown");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -149,12 +149,12 @@ async fn a_damaged_dump_stays_aside_until_the_next_dump() {
         std::fs::read(corrupt_path(&file)).expect("still aside"),
         b"not a dump at all"
     );
-    w.shutdown().await;
+    w.shutdown().await.expect("shutdown");
 
     let w2 = started_on(&Upstream::new(), "aside", &file).await;
     assert_eq!(w2.stats().restored, 1);
     assert_eq!(w2.peek("a").as_deref(), Some(&1));
-    w2.shutdown().await;
+    w2.shutdown().await.expect("shutdown");
 }
 
 #[tokio::test]

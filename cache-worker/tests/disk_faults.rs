@@ -29,7 +29,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use cache_worker::{Error, Worker};
+use cache_worker::{ColdStart, Error, StartKind, Worker};
 use common::{HOUR, Upstream, dumping, key, temp_files};
 use parking_lot::Mutex;
 use rustix::io::Errno;
@@ -186,12 +186,13 @@ struct Fault<'a> {
     name: String,
     /// The error the failed write must carry.
     errno: Errno,
-    /// Makes the fault; returns where the last good dump is now.
-    on: Box<dyn FnOnce() -> PathBuf + 'a>,
+    /// Makes the fault; returns where the last good dump is now. Made twice: once under a
+    /// running worker, once for a restart.
+    on: Box<dyn Fn() -> PathBuf + 'a>,
     /// Clears it.
-    off: Box<dyn FnOnce() + 'a>,
-    /// Whether a worker started during the fault finds the last good dump (it may be out of
-    /// reach, as when its directory is gone).
+    off: Box<dyn Fn() + 'a>,
+    /// Whether the dump file stays at its path during the fault, so that a worker started then
+    /// finds the last good dump, and its lock (it is out of reach when its directory is gone).
     warm_during: bool,
 }
 
@@ -265,30 +266,20 @@ async fn survive(dir: &Path, file: &Path, fault: Fault<'_>) -> Seen {
         "{name}: loads"
     );
 
-    // A worker started during the fault starts, warm from the last good dump if it can reach it.
-    let up2 = Upstream::new();
-    let during = start(&up2, file).await;
+    // Another worker started during the fault is refused: the running one holds the file
+    // (when its directory is gone, the path and its lock are out of reach).
     if fault.warm_during {
-        assert_eq!(
-            during.stats().restored,
-            2,
-            "{name}: warm from the good dump"
-        );
-        assert_eq!(
-            during.peek("a").as_deref(),
-            Some(&1),
-            "{name}: the old value"
-        );
-    } else {
-        assert_eq!(during.len(), 0, "{name}: a cold start");
+        match worker(&Upstream::new(), file).start().await {
+            Err(Error::DumpInUse { path, .. }) => assert_eq!(path, file, "{name}"),
+            other => panic!("{name}: a second worker during the fault: {other:?}"),
+        }
     }
-    drop(during); // no change, no shutdown: writes nothing
 
     // Once the fault is cleared, the next dump succeeds and the next start is warm from it.
     (fault.off)();
     w.dump().await.expect("the dump after the fault is cleared");
     assert_eq!(temp_files(dir), Vec::<String>::new(), "{name}: temp files");
-    w.shutdown().await;
+    w.shutdown().await.expect("shutdown");
     let after = start(&Upstream::new(), file).await;
     // a, b, c, u (loaded during the fault) and the extra entries.
     assert_eq!(
@@ -299,7 +290,34 @@ async fn survive(dir: &Path, file: &Path, fault: Fault<'_>) -> Seen {
     assert_eq!(after.peek("a").as_deref(), Some(&100));
     assert_eq!(after.peek("c").as_deref(), Some(&3));
     assert_eq!(after.peek("u").as_deref(), Some(&7));
-    drop(after);
+    drop(after); // no change, no shutdown: writes nothing, and releases the file
+
+    // A restart during the fault starts warm from the last good dump, and its final dump
+    // fails, is counted, and is returned. (With the directory gone there is no dump to reach:
+    // a start would make the folder anew, and start cold.)
+    if fault.warm_during {
+        let good_at = (fault.on)();
+        let during = start(&Upstream::new(), file).await;
+        assert_eq!(
+            during.stats().restored,
+            4 + EXTRA,
+            "{name}: warm from the good dump"
+        );
+        assert_eq!(
+            during.peek("a").as_deref(),
+            Some(&100),
+            "{name}: the good dump's value"
+        );
+        during.insert(key("d"), 4);
+        assert!(
+            matches!(during.shutdown().await, Err(Error::DumpWrite { .. })),
+            "{name}: the failed final dump is returned"
+        );
+        assert!(during.stats().dump_failures > 0, "{name}: and counted");
+        assert_eq!(temp_files(dir), Vec::<String>::new(), "{name}: temp files");
+        assert!(good_at.exists(), "{name}: the good dump is still there");
+        (fault.off)();
+    }
 
     assert!(
         kept_errno,
@@ -439,7 +457,7 @@ async fn a_damaged_dump_in_a_read_only_directory_is_a_cold_start_and_stays_in_pl
     ro.set(false);
     // Once writable, the next dump replaces the damaged file.
     w.dump().await.expect("dump");
-    w.shutdown().await;
+    w.shutdown().await.expect("shutdown");
     let again = start(&Upstream::new(), &file).await;
     assert_eq!(again.stats().restored, 1);
     assert_eq!(again.peek("a").as_deref(), Some(&1));
@@ -524,22 +542,44 @@ async fn a_dump_path_that_is_a_directory_is_left_alone_until_it_is_gone() {
     assert_eq!(temp_files(dir), Vec::<String>::new());
     assert!(!dir.join("isdir.dump.corrupt").exists());
 
+    // The running worker holds the file: a second one is refused, whatever the path holds.
+    assert!(matches!(
+        worker(&Upstream::new(), &file).start().await,
+        Err(Error::DumpInUse { .. })
+    ));
+
+    std::fs::remove_dir_all(&file).expect("clear the fault");
+    w.dump().await.expect("the dump after the fault is cleared");
+    w.shutdown().await.expect("shutdown");
+    let after = start(&Upstream::new(), &file).await;
+    assert_eq!(after.stats().restored, 2);
+    assert_eq!(after.peek("a").as_deref(), Some(&1));
+    assert_eq!(after.peek("u").as_deref(), Some(&7));
+    assert_eq!(temp_files(dir), Vec::<String>::new());
+    drop(after);
+
+    // A restart during the fault is cold, starts, and says why; its final dump fails.
+    std::fs::remove_file(&file).expect("remove the dump");
+    std::fs::create_dir(&file).expect("the fault again");
     let during = start(&Upstream::new(), &file).await;
     assert_eq!(
         during.len(),
         0,
         "a start during the fault is cold, and starts"
     );
-    drop(during);
-
-    std::fs::remove_dir_all(&file).expect("clear the fault");
-    w.dump().await.expect("the dump after the fault is cleared");
-    w.shutdown().await;
-    let after = start(&Upstream::new(), &file).await;
-    assert_eq!(after.stats().restored, 2);
-    assert_eq!(after.peek("a").as_deref(), Some(&1));
-    assert_eq!(after.peek("u").as_deref(), Some(&7));
-    assert_eq!(temp_files(dir), Vec::<String>::new());
+    assert!(
+        matches!(
+            during.started(),
+            StartKind::Cold(ColdStart::Unreadable { .. })
+        ),
+        "{:?}",
+        during.started()
+    );
+    assert!(matches!(
+        during.shutdown().await,
+        Err(Error::DumpWrite { .. })
+    ));
+    assert!(file.is_dir(), "the directory is not replaced nor moved");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -655,7 +695,9 @@ fn run_fsize_child() {
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(names, ["fsize.dump"], "{names:?}");
+    let mut names = names;
+    names.sort();
+    assert_eq!(names, ["fsize.dump", "fsize.dump.lock"], "{names:?}");
     let dump = std::fs::read(tmp.path().join("fsize.dump")).expect("the dump");
     assert!(
         dump.len() as u64 > FSIZE_LIMIT,

@@ -610,7 +610,7 @@ fn one_flipped_count_bit_in_a_large_dump_gives_a_cold_start_without_a_huge_alloc
         for i in 0..n {
             w.insert(format!("{i:060}"), i);
         }
-        w.shutdown().await;
+        w.shutdown().await.expect("shutdown");
         std::fs::read(&file).expect("the final dump")
     });
     let _exclusive = exclusive();

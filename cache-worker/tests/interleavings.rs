@@ -118,7 +118,7 @@ async fn concurrent_misses_of_one_key_share_one_load() {
         worker.stats().loads,
         worker.stats().coalesced
     );
-    worker.shutdown().await;
+    worker.shutdown().await.expect("shutdown");
 }
 
 /// A worker whose key `1` is loaded as 100, and a refresh cycle whose reload of it has read 100
@@ -173,7 +173,7 @@ async fn a_reload_begun_before_an_invalidate_does_not_overwrite_the_newer_load()
         Some(&200),
         "the reload that read upstream before the invalidate overwrote the value loaded after it"
     );
-    worker.shutdown().await;
+    worker.shutdown().await.expect("shutdown");
 }
 
 /// The same with an insert: a value written while a reload of the key was in flight is newer
@@ -190,7 +190,7 @@ async fn a_reload_begun_before_an_insert_does_not_overwrite_it() {
         Some(&300),
         "the reload that read upstream before the insert overwrote it"
     );
-    worker.shutdown().await;
+    worker.shutdown().await.expect("shutdown");
 }
 
 /// The same for a miss: a value inserted while the miss loads is newer than what the load read.
@@ -209,7 +209,7 @@ async fn a_load_begun_before_an_insert_does_not_overwrite_it() {
         Some(&300),
         "the load that read upstream before the insert overwrote it"
     );
-    worker.shutdown().await;
+    worker.shutdown().await.expect("shutdown");
 }
 
 /// A miss's load that read upstream before an invalidate: its waiter still gets what it read,
@@ -239,7 +239,7 @@ async fn a_load_begun_before_an_invalidate_is_not_stored() {
         "the load that read upstream before the invalidate overwrote the value loaded after it"
     );
     assert_eq!(up.loads_of("1"), 2);
-    worker.shutdown().await;
+    worker.shutdown().await.expect("shutdown");
 }
 
 /// An upstream with a trap in its `refresh_after` hook: each key's current value, and the
@@ -338,7 +338,7 @@ async fn events_follow_the_order_of_writes_to_a_key() {
         now,
         "replaying {seen:?} does not give what the bucket holds"
     );
-    worker.shutdown().await;
+    worker.shutdown().await.expect("shutdown");
 }
 
 /// The same for a bulk reload: a write made while the swap's events are being sent must be
@@ -364,5 +364,5 @@ async fn events_of_a_bulk_swap_and_a_concurrent_write_stay_in_order() {
         now,
         "replaying {seen:?} does not give what the bucket holds"
     );
-    worker.shutdown().await;
+    worker.shutdown().await.expect("shutdown");
 }

@@ -66,7 +66,7 @@ async fn a_dump_written_at_shutdown_warms_the_next_start() {
         );
     }
     assert_eq!(loads.load(Ordering::SeqCst), 3);
-    Squares::shutdown().await;
+    Squares::shutdown().await.expect("shutdown");
     assert!(dir.path().join("macro_dump.dump").is_file());
 
     Squares {
@@ -83,7 +83,7 @@ async fn a_dump_written_at_shutdown_warms_the_next_start() {
     for key in 1..=3 {
         assert_eq!(Squares::peek(&key).as_deref(), Some(&(key * key)));
     }
-    Squares::shutdown().await;
+    Squares::shutdown().await.expect("shutdown");
 
     // Leave the tempdir before it is removed.
     std::env::set_current_dir(std::env::temp_dir()).expect("cd out of the tempdir");

@@ -5,6 +5,8 @@
 //! that run in parallel never share one. The dump round trip through the attribute's `file`
 //! lives in `macro_dump.rs`, its own test binary, because it changes the working directory.
 
+mod common;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -141,7 +143,7 @@ async fn the_user_story() {
 
     // Direct writes and removals, seen by subscribers.
     let mut events = WidgetStore::subscribe();
-    WidgetStore::insert("w-3".to_string(), widget("Cog", 15));
+    WidgetStore::insert("w-3".to_string(), widget("Cog", 15)).expect("started");
     assert_eq!(
         WidgetStore::peek("w-3").as_deref(),
         Some(&widget("Cog", 15))
@@ -189,7 +191,7 @@ async fn the_user_story() {
     );
     assert_eq!(worker.len(), 3);
 
-    WidgetStore::shutdown().await;
+    WidgetStore::shutdown().await.expect("shutdown");
     assert!(WidgetStore::worker().is_none());
     assert!(matches!(
         WidgetStore::fetch(&"w-1".to_string()).await,
@@ -216,16 +218,23 @@ async fn before_start_reads_answer_not_started_and_nothing_panics() {
     assert!(NeverStarted::worker().is_none());
     assert_eq!(NeverStarted::len(), 0);
     assert!(NeverStarted::keys().is_empty());
-    NeverStarted::insert(key.clone(), widget("Ignored", 0));
+    assert!(matches!(
+        NeverStarted::insert(key.clone(), widget("Refused", 0)),
+        Err(Error::NotStarted { ref bucket }) if bucket == "never_started"
+    ));
     assert_eq!(NeverStarted::peek("w-1"), None);
     assert_eq!(NeverStarted::invalidate("w-1"), None);
     assert_eq!(NeverStarted::stats().entries, 0);
     assert!(matches!(
         NeverStarted::refresh_all().await,
-        Err(Error::NotStarted { .. })
+        Err(Error::NotStarted { ref bucket }) if bucket == "never_started"
     ));
-    assert_eq!(NeverStarted::subscribe().next().await, None);
-    NeverStarted::shutdown().await; // not running: nothing to do
+    // A subscription waits for the start (`macro_settings.rs` follows one through it).
+    let mut events = NeverStarted::subscribe();
+    assert!(common::poll_once(std::pin::pin!(events.next())).is_pending());
+    NeverStarted::shutdown()
+        .await
+        .expect("not running: nothing to do");
 }
 
 #[cache_worker(bucket = "twice")]
@@ -254,7 +263,7 @@ async fn starting_twice_is_an_error_and_starting_after_shutdown_works() {
         Some(&widget("Sprocket", 250))
     );
 
-    Twice::shutdown().await;
+    Twice::shutdown().await.expect("shutdown");
     assert!(matches!(
         Twice::fetch(&"w-1".to_string()).await,
         Err(FetchError::NotStarted)
@@ -273,7 +282,7 @@ async fn starting_twice_is_an_error_and_starting_after_shutdown_works() {
             .as_ref(),
         &widget("Gear", 990)
     );
-    Twice::shutdown().await;
+    Twice::shutdown().await.expect("shutdown");
 }
 
 #[cache_worker(
@@ -311,7 +320,7 @@ async fn the_attribute_settings_reach_the_running_worker() {
     assert_eq!(api.calls(), 3);
     assert_eq!(EveryKey::peek("w-1"), None);
     assert_eq!(EveryKey::len(), 0);
-    EveryKey::shutdown().await;
+    EveryKey::shutdown().await.expect("shutdown");
 }
 
 #[cache_worker(bucket = "shared_type")]
@@ -341,11 +350,11 @@ async fn a_builder_instance_is_independent_of_the_process_wide_one() {
     .start()
     .await
     .expect("process-wide start");
-    SharedType::insert("w-8".to_string(), widget("Global", 2));
+    SharedType::insert("w-8".to_string(), widget("Global", 2)).expect("started");
     assert_eq!(SharedType::peek("w-9"), None);
     assert_eq!(own.peek("w-8"), None);
     assert_eq!(own.peek("w-9").as_deref(), Some(&widget("Own", 1)));
 
-    SharedType::shutdown().await;
-    own.shutdown().await;
+    SharedType::shutdown().await.expect("shutdown");
+    own.shutdown().await.expect("shutdown");
 }

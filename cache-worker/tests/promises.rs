@@ -113,7 +113,7 @@ async fn a_bulk_reload_keeps_the_writes_made_while_it_loaded() {
         ],
         "the events say what really changed"
     );
-    worker.shutdown().await;
+    worker.shutdown().await.expect("shutdown");
 }
 
 #[tokio::test]
@@ -139,7 +139,7 @@ async fn an_invalidate_of_an_absent_key_during_a_bulk_load_keeps_it_out() {
     // The next reload, begun after the invalidate, brings it.
     worker.refresh_all().await.expect("cycle");
     assert_eq!(worker.peek("n").as_deref(), Some(&7));
-    worker.shutdown().await;
+    worker.shutdown().await.expect("shutdown");
 }
 
 // D2 -------------------------------------------------------------------------------------------
@@ -172,14 +172,14 @@ async fn reload_across_an_equal_write(upstream: Reply) -> Worker<Upstream> {
 async fn a_reload_does_not_overwrite_a_newer_write_of_an_equal_value() {
     let worker = reload_across_an_equal_write(Reply::Value(2)).await;
     assert_eq!(worker.peek("a").as_deref(), Some(&1));
-    worker.shutdown().await;
+    worker.shutdown().await.expect("shutdown");
 }
 
 #[tokio::test]
 async fn a_reload_that_finds_the_key_gone_does_not_remove_a_newer_equal_write() {
     let worker = reload_across_an_equal_write(Reply::Missing).await;
     assert_eq!(worker.peek("a").as_deref(), Some(&1));
-    worker.shutdown().await;
+    worker.shutdown().await.expect("shutdown");
 }
 
 // D3 -------------------------------------------------------------------------------------------
@@ -198,7 +198,7 @@ async fn events_of_inserts(capacity: usize, n: u64) -> Vec<Event<String, u64>> {
         worker.insert(format!("k{i}"), i);
     }
     let seen = drain(&mut events).await;
-    worker.shutdown().await;
+    worker.shutdown().await.expect("shutdown");
     seen
 }
 
@@ -270,7 +270,7 @@ async fn a_read_never_returns_an_entry_past_its_expiry_even_when_the_timer_is_la
             inserted("a", 2)
         ]
     );
-    worker.shutdown().await;
+    worker.shutdown().await.expect("shutdown");
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -279,7 +279,7 @@ async fn after_shutdown_an_expired_entry_is_not_served() {
     up.set_value("a", 1);
     let worker = expiring(&up).await;
     assert_eq!(worker.get(&key("a")).await.as_deref(), Some(&1));
-    worker.shutdown().await;
+    worker.shutdown().await.expect("shutdown");
     assert_eq!(worker.peek("a").as_deref(), Some(&1), "still live");
     tokio::time::sleep(Duration::from_millis(120)).await;
     assert_eq!(worker.peek("a"), None);
@@ -308,7 +308,7 @@ async fn an_empty_dump_is_a_cold_start_and_seeding_runs_again() {
     };
     let first = start().await.expect("start");
     assert_eq!(first.started(), &StartKind::Cold(ColdStart::NotFound));
-    first.shutdown().await; // writes an empty dump
+    first.shutdown().await.expect("shutdown"); // writes an empty dump
     assert!(file.exists());
 
     *up.seed.lock() = Some(Ok(vec![(key("s"), 1)]));
@@ -319,7 +319,7 @@ async fn an_empty_dump_is_a_cold_start_and_seeding_runs_again() {
     );
     assert_eq!(up.seeds.load(std::sync::atomic::Ordering::SeqCst), 2);
     assert_eq!(second.peek("s").as_deref(), Some(&1), "the seed ran");
-    second.shutdown().await;
+    second.shutdown().await.expect("shutdown");
 
     let third = start().await.expect("start");
     assert_eq!(
@@ -330,7 +330,7 @@ async fn an_empty_dump_is_a_cold_start_and_seeding_runs_again() {
         }
     );
     assert_eq!(up.seeds.load(std::sync::atomic::Ordering::SeqCst), 2);
-    third.shutdown().await;
+    third.shutdown().await.expect("shutdown");
 }
 
 #[tokio::test]
@@ -349,7 +349,7 @@ async fn a_dump_whose_entries_all_expired_is_a_cold_start() {
     let first = start().await.expect("start");
     first.insert(key("a"), 1);
     first.insert(key("b"), 2);
-    first.shutdown().await;
+    first.shutdown().await.expect("shutdown");
     tokio::time::sleep(Duration::from_millis(120)).await;
 
     let second = start().await.expect("start");
@@ -360,7 +360,7 @@ async fn a_dump_whose_entries_all_expired_is_a_cold_start() {
     assert!(!second.started().is_warm());
     assert_eq!(second.stats().restored, 0);
     assert_eq!(up.seeds.load(std::sync::atomic::Ordering::SeqCst), 2);
-    second.shutdown().await;
+    second.shutdown().await.expect("shutdown");
 }
 
 // D6 -------------------------------------------------------------------------------------------

@@ -67,7 +67,7 @@ async fn shutdown_with_loads_and_dumps_in_flight_loses_nothing() {
         worker.insert(format!("k{i}"), i);
     }
     let began = Instant::now();
-    worker.shutdown().await;
+    worker.shutdown().await.expect("shutdown");
     let waited = began.elapsed();
     assert!(
         waited >= Duration::from_millis(1_900) && waited < Duration::from_secs(5),
@@ -130,7 +130,7 @@ async fn shutdown_gives_up_on_a_hung_load_at_the_shutdown_timeout() {
     assert_eq!(up.loads_of("k0"), 1, "the cycle is stuck on k0");
 
     let began = Instant::now();
-    worker.shutdown().await;
+    worker.shutdown().await.expect("shutdown");
     let waited = began.elapsed();
     assert!(
         waited >= Duration::from_secs(5) && waited < Duration::from_secs(6),
@@ -181,14 +181,14 @@ async fn concurrent_shutdowns_both_return_after_the_final_dump() {
     });
     settle().await;
     assert!(!first.is_finished(), "the first waits for the 3 s load");
-    worker.shutdown().await;
+    worker.shutdown().await.expect("shutdown");
     let restored = on_disk("scene", &file).await;
     assert_eq!(
         restored.get("b"),
         Some(&2),
         "the second shutdown returned before the final dump was written"
     );
-    first.await.expect("join");
+    first.await.expect("join").expect("the first shutdown");
 }
 
 /// A shutdown future dropped part-way (say, under the caller's own timeout): calling shutdown
@@ -206,7 +206,8 @@ async fn a_shutdown_dropped_part_way_is_completed_by_the_next_call() {
     }
     tokio::time::timeout(Duration::from_secs(60), worker.shutdown())
         .await
-        .expect("the second shutdown returns");
+        .expect("the second shutdown returns")
+        .expect("and its final dump is written");
     let restored = on_disk("scene", &file).await;
     assert_eq!(
         restored.get("b"),
@@ -224,7 +225,7 @@ async fn a_subscriber_stream_ends_at_shutdown() {
     let mut events = worker.subscribe();
     worker.insert(key("a"), 1);
     worker.insert(key("b"), 2);
-    worker.shutdown().await;
+    worker.shutdown().await.expect("shutdown");
     let mut seen = Vec::new();
     loop {
         match tokio::time::timeout(Duration::from_secs(60), events.next()).await {

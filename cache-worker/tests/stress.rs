@@ -763,7 +763,7 @@ async fn run_mixed(bulk: bool) {
     }
     consumed.store(true, SeqCst);
     consumer.join().expect("the subscriber never panics");
-    worker.shutdown().await;
+    worker.shutdown().await.expect("shutdown");
     assert!(failures.is_empty(), "{failures:#?}");
 }
 
@@ -936,5 +936,5 @@ async fn readers_never_see_a_mix_of_two_collections() {
     assert!(found.is_empty(), "{found:#?}");
     assert!(generations >= swaps_per_swapper, "{generations} swaps");
     assert_eq!(shared.load_calls.load(SeqCst), 0, "only bulk loads ran");
-    worker.shutdown().await;
+    worker.shutdown().await.expect("shutdown");
 }

@@ -336,9 +336,9 @@ async fn restarts_warm_from_the_dump_dir() -> TestResult {
     sessions.refresh_all().await?;
     let counts = [cinemas.len(), films.len(), sessions.len()];
     assert_eq!(counts, [CINEMAS, FILMS, SESSIONS]);
-    cinemas.shutdown().await;
-    films.shutdown().await;
-    sessions.shutdown().await;
+    cinemas.shutdown().await.expect("shutdown");
+    films.shutdown().await.expect("shutdown");
+    sessions.shutdown().await.expect("shutdown");
     drop((cinemas, films, sessions));
     for file in ["cinemas.dump", "films.dump", "sessions.dump"] {
         assert!(dir.path().join(file).is_file(), "{file} written");

@@ -35,7 +35,7 @@ async fn a_dump_survives_a_restart_and_the_next_start_is_warm() {
     }
     w.insert(key("d"), 4);
     w.insert(key("e"), 5);
-    w.shutdown().await;
+    w.shutdown().await.expect("shutdown");
     assert_eq!(up.total_loads(), 3);
     assert!(file.exists(), "shutdown wrote the final dump");
 
@@ -79,7 +79,7 @@ async fn a_dump_survives_a_restart_and_the_next_start_is_warm() {
         0,
         "no revalidation cycle for fresh entries"
     );
-    w2.shutdown().await;
+    w2.shutdown().await.expect("shutdown");
 }
 
 #[tokio::test]
@@ -121,7 +121,7 @@ async fn stale_restored_entries_are_revalidated_in_the_background() {
         "every restored key is reloaded in the background: loads {:?}",
         up.loads.lock()
     );
-    w.shutdown().await;
+    w.shutdown().await.expect("shutdown");
 }
 
 #[tokio::test]
@@ -186,7 +186,7 @@ async fn entry_ages_survive_a_restart() {
         assert_eq!(w.peek(&k).as_deref(), Some(&i), "{k} keeps its value");
     }
     assert_eq!(w.stats().refresh_cycles, 1);
-    w.shutdown().await;
+    w.shutdown().await.expect("shutdown");
 
     // The reloaded entries carry their new load time into the next dump; the others keep theirs.
     let after = DumpImage::parse(&std::fs::read(&file).expect("dump"));
@@ -230,7 +230,7 @@ async fn entries_that_expired_while_down_are_not_restored() {
         assert_eq!(w.peek(&format!("k{i}")).as_deref(), Some(&i));
     }
     assert_eq!(up.seeds.load(Ordering::SeqCst), 0, "still a warm start");
-    w.shutdown().await;
+    w.shutdown().await.expect("shutdown");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -250,7 +250,7 @@ async fn seeding_runs_on_a_cold_start_only() {
     assert_eq!(w.len(), 2);
     assert_eq!(w.stats().restored, 0);
     assert_eq!(up.total_loads(), 0, "seeded entries are not loaded");
-    w.shutdown().await;
+    w.shutdown().await.expect("shutdown");
 
     let up2 = Upstream::new();
     *up2.seed.lock() = Some(Ok(vec![(key("s3"), 3)]));
@@ -264,7 +264,7 @@ async fn seeding_runs_on_a_cold_start_only() {
     assert_eq!(w2.peek("s1").as_deref(), Some(&1));
     assert_eq!(w2.peek("s2").as_deref(), Some(&2));
     assert_eq!(w2.peek("s3"), None, "the seed did not run");
-    w2.shutdown().await;
+    w2.shutdown().await.expect("shutdown");
 }
 
 #[tokio::test]
@@ -279,7 +279,7 @@ async fn a_seed_that_skips_starts_empty() {
     // The worker works.
     up.set_value("a", 7);
     assert_eq!(*w.fetch(&key("a")).await.expect("fetch"), 7);
-    w.shutdown().await;
+    w.shutdown().await.expect("shutdown");
 }
 
 #[tokio::test]
@@ -301,7 +301,7 @@ async fn a_seed_that_aborts_fails_the_start() {
     *up.seed.lock() = Some(Ok(vec![(key("x"), 1)]));
     let w = started_on(&up, "abort", &file).await;
     assert_eq!(w.peek("x").as_deref(), Some(&1));
-    w.shutdown().await;
+    w.shutdown().await.expect("shutdown");
 }
 
 // ---------------------------------------------------------------------------------------------

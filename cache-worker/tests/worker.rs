@@ -451,8 +451,8 @@ async fn after_shutdown_hits_are_served_and_misses_do_not_load() {
     up.set_value("b", 2);
     let w = start(&up).await;
     w.fetch(&key("a")).await.expect("a");
-    w.shutdown().await;
-    w.shutdown().await; // twice is fine
+    w.shutdown().await.expect("shutdown");
+    w.shutdown().await.expect("shutdown"); // twice is fine
     assert_eq!(*w.fetch(&key("a")).await.expect("hit"), 1);
     assert!(matches!(
         w.fetch(&key("b")).await,

@@ -57,25 +57,27 @@ pub async fn write_dump(file: &Path, bucket: &str, n: u64) -> Vec<u8> {
     for i in 0..n {
         w.insert(format!("k{i}"), i);
     }
-    w.shutdown().await;
+    w.shutdown().await.expect("shutdown");
     std::fs::read(file).expect("the final dump was written")
 }
 
-/// What a fresh start from `file` restores, read by a probe that writes nothing (it is
-/// dropped without a shutdown).
+/// What a fresh start from `file` would restore: its live entries, decoded as a warm start
+/// decodes them (the worker's codec, schema 0), empty if there is no file or it does not decode.
+/// No worker is started, so this needs no lock on the file and works beside a running worker.
 pub async fn on_disk(bucket: &str, file: &Path) -> HashMap<String, u64> {
-    let probe = builder(&Upstream::new(), bucket)
-        .file(file)
-        .start()
-        .await
-        .expect("probe");
-    let restored: HashMap<String, u64> = probe
-        .keys()
-        .into_iter()
-        .filter_map(|k| probe.peek(&k).map(|v| (k, *v)))
-        .collect();
-    assert_eq!(probe.stats().restored, restored.len() as u64);
-    restored
+    let Ok(bytes) = std::fs::read(file) else {
+        return HashMap::new();
+    };
+    let now = now_ms();
+    cache_worker::__codec::decode::<String, u64>(&bytes, bucket, 0)
+        .map(|records| {
+            records
+                .into_iter()
+                .filter(|&(_, _, _, expires_at)| expires_at > now)
+                .map(|(key, value, _, _)| (key, value))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// A worker of `bucket` on `file` whose periodic refresh is an hour away: nothing reloads during

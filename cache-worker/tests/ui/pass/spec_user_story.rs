@@ -24,7 +24,7 @@ async fn main() -> Result<(), cache_worker::Error> {
     WidgetStore { api: ApiClient::new() }.start().await?;   // warm start from widgets.dump
     let w = WidgetStore::get(&"w-1".to_string()).await;     // Option<Arc<Widget>>
     let r = WidgetStore::fetch(&"w-2".to_string()).await;   // Result<Arc<Widget>, FetchError>
-    WidgetStore::shutdown().await;                          // stop refreshing, final dump
+    WidgetStore::shutdown().await?;                         // stop refreshing, final dump
     let _: Option<std::sync::Arc<Widget>> = w;
     let _: Result<std::sync::Arc<Widget>, cache_worker::FetchError> = r;
     Ok(())

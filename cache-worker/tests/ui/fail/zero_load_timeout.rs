@@ -1,6 +1,6 @@
 use cache_worker::{cache_worker, CacheWorker};
 
-#[cache_worker(bucket = "widgets", refresh = "0s")]
+#[cache_worker(bucket = "widgets", load_timeout = "0s")]
 pub struct WidgetStore;
 
 impl CacheWorker for WidgetStore {

@@ -1,0 +1,106 @@
+//! The attribute's settings and its process-wide instance before the start (issue #12, items
+//! 1, 3 and 6): `T::builder` starts from the attribute, `refresh = "off"` declares a worker
+//! without periodic refresh, and before `start` each generated function works or says it
+//! cannot.
+//!
+//! Each test uses its own worker type: the process-wide instance is one per type.
+
+mod common;
+
+use std::time::Duration;
+
+use cache_worker::{CacheWorker, Error, Event, cache_worker};
+use futures_util::StreamExt;
+
+use common::{Upstream, UpstreamError, key, within};
+
+/// Declares a worker type over [`Upstream`] with the given attribute.
+macro_rules! worker {
+    (#[$attr:meta] $ty:ident) => {
+        #[$attr]
+        struct $ty(Upstream);
+
+        impl CacheWorker for $ty {
+            type Key = String;
+            type Value = u64;
+            type Error = UpstreamError;
+
+            async fn load(&self, key: &String) -> Result<Option<u64>, UpstreamError> {
+                self.0.load(key).await
+            }
+        }
+    };
+}
+
+worker!(
+    #[cache_worker(bucket = "via-builder", refresh = "7m", concurrency = 3, schema = 4)]
+    ViaBuilder
+);
+worker!(
+    #[cache_worker(bucket = "no-refresh", refresh = "off")]
+    NoRefresh
+);
+worker!(
+    #[cache_worker(bucket = "early", refresh = "off")]
+    Early
+);
+
+#[tokio::test]
+async fn t_builder_starts_from_the_attribute_and_the_builder_wins() {
+    let worker = ViaBuilder(Upstream::new())
+        .builder()
+        .bucket("via-builder-eu")
+        .concurrency(5)
+        .start()
+        .await
+        .expect("start");
+    let s = worker.settings();
+    assert_eq!(s.bucket, "via-builder-eu", "the builder's bucket");
+    assert_eq!(s.concurrency, 5, "the builder wins over the attribute");
+    assert_eq!(
+        s.refresh,
+        Some(Duration::from_secs(7 * 60)),
+        "the attribute's"
+    );
+    assert_eq!(s.schema, 4, "the attribute's");
+    // An instance of its own: the process-wide one is not started.
+    assert!(ViaBuilder::worker().is_none());
+    worker.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn refresh_off_in_the_attribute_means_no_periodic_refresh() {
+    let worker = NoRefresh(Upstream::new()).start().await.expect("start");
+    assert_eq!(worker.settings().refresh, None);
+    NoRefresh::shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn before_the_start_each_function_works_or_says_so() {
+    assert!(matches!(
+        Early::insert(key("a"), 1),
+        Err(Error::NotStarted { ref bucket }) if bucket == "early"
+    ));
+    assert!(matches!(
+        Early::refresh_all().await,
+        Err(Error::NotStarted { ref bucket }) if bucket == "early"
+    ));
+    // A subscription made before the start follows the worker once it starts.
+    let mut events = Early::subscribe();
+    Early(Upstream::new()).start().await.expect("start");
+    Early::insert(key("a"), 1).expect("started");
+    let first = within(Duration::from_secs(5), "the first event", events.next()).await;
+    assert_eq!(
+        first,
+        Some(Event::Inserted {
+            key: key("a"),
+            value: 1.into()
+        })
+    );
+    Early::shutdown().await.expect("shutdown");
+    assert_eq!(
+        within(Duration::from_secs(5), "the end", events.next()).await,
+        None,
+        "it ends with the worker"
+    );
+}
