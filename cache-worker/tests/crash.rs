@@ -5,7 +5,9 @@
 //! environment variable [`CHILD_ENV`] naming the directory to write in; without that variable
 //! `child_writer` does nothing. The parent repeats the kill 10 times (100 with
 //! `CACHE_WORKER_LONG=1`) in one directory, so each child also starts warm from the previous
-//! one's dump, next to the temp files the killed ones left.
+//! one's dump, next to the temp files the killed ones left. While a child runs, a worker of the
+//! parent on the same file is refused (the child holds its lock); after the kill it starts, so
+//! a SIGKILL leaves no stale lock.
 
 mod common;
 
@@ -181,6 +183,17 @@ fn sigkill_while_writing_dumps_leaves_the_last_complete_dump() {
         assert!(
             first >= last,
             "round {round}: the child started from an older dump"
+        );
+        // The running child holds the dump file's lock: a worker here is refused. Once the
+        // child is killed, `check_dump` starts one: the OS released the lock with the process.
+        let refused = runtime.block_on(
+            builder(&Upstream::new(), BUCKET)
+                .file(dir.path().join(DUMP))
+                .start(),
+        );
+        assert!(
+            matches!(refused, Err(cache_worker::Error::DumpInUse { .. })),
+            "round {round}: a second process on the dump file: {refused:?}"
         );
         std::thread::sleep(Duration::from_millis(rng.below(25)));
         child.0.kill().expect("SIGKILL");

@@ -13,17 +13,11 @@ mod common;
 use std::time::Duration;
 
 use cache_worker::{ColdStart, Error, Event, EventStream, RemovalCause, StartKind, Worker};
-use futures_util::StreamExt;
-
-use common::{Reply, SeedFailure, Upstream, key};
+use common::{Reply, SeedFailure, Upstream, builder, drain_within, key, started, temp_dump};
 
 /// Every event that arrives until none has for 100 ms.
 async fn drain(events: &mut EventStream<String, u64>) -> Vec<Event<String, u64>> {
-    let mut seen = Vec::new();
-    while let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(100), events.next()).await {
-        seen.push(e);
-    }
-    seen
+    drain_within(events, Duration::from_millis(100)).await
 }
 
 fn inserted(k: &str, v: u64) -> Event<String, u64> {
@@ -41,23 +35,13 @@ fn removed(k: &str, v: u64, cause: RemovalCause) -> Event<String, u64> {
     }
 }
 
-/// A worker without periodic refresh: it reloads only when the test calls `refresh_all`.
-async fn start(up: &Upstream, bucket: &str) -> Worker<Upstream> {
-    Worker::builder(up.clone())
-        .bucket(bucket)
-        .refresh(Duration::ZERO)
-        .start()
-        .await
-        .expect("start")
-}
-
 // D1 -------------------------------------------------------------------------------------------
 
 #[tokio::test]
 async fn a_bulk_reload_keeps_the_writes_made_while_it_loaded() {
     let up = Upstream::new();
     up.set_collection(&[("a", 1), ("b", 2), ("e", 9)]);
-    let worker = start(&up, "d1").await;
+    let worker = started(&up, "d1").await;
     // The first cycle (the cold start's bulk load) is over once a cycle asked for now is.
     worker.refresh_all().await.expect("first cycle");
     assert_eq!(worker.len(), 3);
@@ -120,7 +104,7 @@ async fn a_bulk_reload_keeps_the_writes_made_while_it_loaded() {
 async fn an_invalidate_of_an_absent_key_during_a_bulk_load_keeps_it_out() {
     let up = Upstream::new();
     up.set_collection(&[("a", 1)]);
-    let worker = start(&up, "d1-absent").await;
+    let worker = started(&up, "d1-absent").await;
     worker.refresh_all().await.expect("first cycle");
 
     let hold = up.hold_bulk();
@@ -148,7 +132,7 @@ async fn an_invalidate_of_an_absent_key_during_a_bulk_load_keeps_it_out() {
 /// reload lands. Returns the worker for the checks.
 async fn reload_across_an_equal_write(upstream: Reply) -> Worker<Upstream> {
     let up = Upstream::new();
-    let worker = start(&up, "d2").await;
+    let worker = started(&up, "d2").await;
     worker.insert(key("a"), 1);
     up.set("a", upstream);
     let hold = up.hold("a");
@@ -186,9 +170,7 @@ async fn a_reload_that_finds_the_key_gone_does_not_remove_a_newer_equal_write() 
 
 /// Subscribes, inserts `k0..k{n}` with nobody reading, then reads what the subscriber gets.
 async fn events_of_inserts(capacity: usize, n: u64) -> Vec<Event<String, u64>> {
-    let worker = Worker::builder(Upstream::new())
-        .bucket("d3")
-        .refresh(Duration::ZERO)
+    let worker = builder(&Upstream::new(), "d3")
         .event_capacity(capacity)
         .start()
         .await
@@ -237,7 +219,7 @@ async fn a_subscriber_more_than_event_capacity_behind_gets_one_exact_lagged() {
 /// so that the refresher's expiry timer cannot run.
 async fn expiring(up: &Upstream) -> Worker<Upstream> {
     *up.expire_after.lock() = Some(Duration::from_millis(50));
-    start(up, "d4").await
+    started(up, "d4").await
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -295,17 +277,10 @@ async fn after_shutdown_an_expired_entry_is_not_served() {
 
 #[tokio::test]
 async fn an_empty_dump_is_a_cold_start_and_seeding_runs_again() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let file = dir.path().join("d5.dump");
+    let (_dir, file) = temp_dump("d5.dump");
     let up = Upstream::new();
     *up.seed.lock() = Some(Err(SeedFailure::Skip));
-    let start = || {
-        Worker::builder(up.clone())
-            .bucket("d5")
-            .file(&file)
-            .refresh(Duration::ZERO)
-            .start()
-    };
+    let start = || builder(&up, "d5").file(&file).start();
     let first = start().await.expect("start");
     assert_eq!(first.started(), &StartKind::Cold(ColdStart::NotFound));
     first.shutdown().await.expect("shutdown"); // writes an empty dump
@@ -335,17 +310,10 @@ async fn an_empty_dump_is_a_cold_start_and_seeding_runs_again() {
 
 #[tokio::test]
 async fn a_dump_whose_entries_all_expired_is_a_cold_start() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let file = dir.path().join("d5.dump");
+    let (_dir, file) = temp_dump("d5.dump");
     let up = Upstream::new();
     *up.expire_after.lock() = Some(Duration::from_millis(50));
-    let start = || {
-        Worker::builder(up.clone())
-            .bucket("d5-expired")
-            .file(&file)
-            .refresh(Duration::ZERO)
-            .start()
-    };
+    let start = || builder(&up, "d5-expired").file(&file).start();
     let first = start().await.expect("start");
     first.insert(key("a"), 1);
     first.insert(key("b"), 2);
