@@ -89,8 +89,9 @@ pub struct Fetched<V> {
 }
 
 impl<W: CacheWorker> Worker<W> {
-    /// Starts configuring an instance of the worker `state`; finish with
-    /// [`Builder::start`].
+    /// Starts configuring an instance of the worker `state` from the defaults; finish with
+    /// [`Builder::start`]. A type with `#[cache_worker(..)]` has `T::builder(state)`, which
+    /// starts from the attribute's settings instead (this function cannot see them).
     #[must_use = "a builder does nothing until `.start().await`"]
     pub fn builder(state: W) -> Builder<W> {
         Builder {
@@ -330,12 +331,13 @@ async fn shut_down<W: CacheWorker>(inner: &Arc<Inner<W>>) -> Option<DumpFailure>
 }
 
 /// Configures and starts a [`Worker`]. Settings cascade, lowest first: defaults < the
-/// `#[cache_worker]` attribute < environment variables `CACHE_WORKER_<BUCKET>_<SETTING>` < the
-/// builder's methods.
+/// `#[cache_worker]` attribute (through `T::builder` and `T::start`) < environment variables
+/// `CACHE_WORKER_<BUCKET>_<SETTING>` < the builder's methods. A variable for a setting the
+/// builder's methods set is not read.
 ///
 /// | setting | default | environment |
 /// |---|---|---|
-/// | [`bucket`](Builder::bucket) | the type's name, lowercased | — |
+/// | [`bucket`](Builder::bucket) | the type's name, lowercased (the attribute requires one) | — |
 /// | [`file`](Builder::file) | none (memory only) | `.._FILE` (`off` for none) |
 /// | [`refresh`](Builder::refresh) | 15 min | `.._REFRESH` (`off` or `0` disables) |
 /// | [`load_timeout`](Builder::load_timeout) | 30 s | `.._LOAD_TIMEOUT` |
