@@ -395,7 +395,10 @@ async fn run_cycle<W: CacheWorker>(inner: Arc<Inner<W>>, scope: Scope) -> Cycle<
     })
     .await;
     let mut cycle = match bulk {
-        Ok(None) => reload_keys(&inner, scope).await,
+        Ok(None) => {
+            drop(bulk_load);
+            reload_keys(&inner, scope).await
+        }
         Ok(Some(entries)) => {
             bump(&inner.stats.loads);
             bump(&inner.stats.bulk_loads);
