@@ -28,7 +28,7 @@ use futures_util::StreamExt;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-use common::{Problems, Rng, long_run};
+use common::{Problems, Rng, handed_out, long_run};
 
 const KEYS: u32 = 64;
 const LOAD_TIMEOUT: Duration = Duration::from_secs(5);
@@ -134,12 +134,31 @@ impl Shared {
         Val { key, generation }
     }
 
+    /// How one loader call ends (a value whenever chaos is off), drawn from `rng` with
+    /// percentages up to `bounds`: a value, `absent` (no value), a failure, a panic, else a hang;
+    /// then, unless it hangs, a stall drawn from the same `rng`.
+    async fn outcome(&self, rng: &mut Rng, bounds: [u64; 4], absent: Outcome) -> Outcome {
+        let outcome = if self.chaos.load(SeqCst) {
+            match rng.below(100) {
+                n if n < bounds[0] => Outcome::Value,
+                n if n < bounds[1] => absent,
+                n if n < bounds[2] => Outcome::Fail,
+                n if n < bounds[3] => Outcome::Panic,
+                _ => Outcome::Hang,
+            }
+        } else {
+            Outcome::Value
+        };
+        if self.chaos.load(SeqCst) && !matches!(outcome, Outcome::Hang) {
+            stall(rng).await;
+        }
+        outcome
+    }
+
     fn was_returned(&self, key: u32, value: &Val) -> bool {
-        value.key == key
-            && self
-                .returned
-                .get(key as usize)
-                .is_some_and(|r| r.lock().all.contains(&value.generation))
+        handed_out(&self.returned, key, (value.key, value.generation), |r| {
+            &r.all
+        })
     }
 }
 
@@ -203,20 +222,9 @@ impl CacheWorker for Chaos {
         t.load_calls.fetch_add(1, SeqCst);
         let _alive = Alive::enter(&t.in_flight);
         let mut rng = Rng::of(&[s.seed, u64::from(*key), call]);
-        let outcome = if s.chaos.load(SeqCst) {
-            match rng.below(100) {
-                0..45 => Outcome::Value,
-                45..55 => Outcome::Missing,
-                55..70 => Outcome::Fail,
-                70..85 => Outcome::Panic,
-                _ => Outcome::Hang,
-            }
-        } else {
-            Outcome::Value
-        };
-        if s.chaos.load(SeqCst) && !matches!(outcome, Outcome::Hang) {
-            stall(&mut rng).await;
-        }
+        let outcome = s
+            .outcome(&mut rng, [45, 55, 70, 85], Outcome::Missing)
+            .await;
         match outcome {
             Outcome::Value => {
                 t.values.fetch_add(1, SeqCst);
@@ -254,20 +262,7 @@ impl CacheWorker for Chaos {
         t.bulk_calls.fetch_add(1, SeqCst);
         let _alive = Alive::enter(&t.in_flight);
         let mut rng = Rng::of(&[s.seed, u64::MAX, call]);
-        let outcome = if s.chaos.load(SeqCst) {
-            match rng.below(100) {
-                0..50 => Outcome::Value,
-                50..60 => Outcome::NoBulk,
-                60..75 => Outcome::Fail,
-                75..90 => Outcome::Panic,
-                _ => Outcome::Hang,
-            }
-        } else {
-            Outcome::Value
-        };
-        if s.chaos.load(SeqCst) && !matches!(outcome, Outcome::Hang) {
-            stall(&mut rng).await;
-        }
+        let outcome = s.outcome(&mut rng, [50, 60, 75, 90], Outcome::NoBulk).await;
         match outcome {
             Outcome::Value => {
                 t.bulk_ok.fetch_add(1, SeqCst);

@@ -32,7 +32,7 @@ use futures_util::StreamExt;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-use common::{Problems, Rng, long_run};
+use common::{Problems, Rng, handed_out, long_run};
 
 const KEYS: u32 = 256;
 /// Half of all operations go to these few keys, so that they collide.
@@ -164,11 +164,7 @@ impl Log {
     }
 
     fn was_written(&self, key: u32, value: &Val) -> bool {
-        value.key == key
-            && self
-                .keys
-                .get(key as usize)
-                .is_some_and(|k| k.lock().values.contains(&value.seq))
+        handed_out(&self.keys, key, (value.key, value.seq), |k| &k.values)
     }
 
     fn observe(&self, value: &Val, at: u64) {
@@ -377,7 +373,17 @@ struct Reader<'a> {
     reads: u64,
 }
 
-impl Reader<'_> {
+impl<'a> Reader<'a> {
+    /// A reader that has read nothing yet.
+    fn new(shared: &'a Shared, problems: &'a Problems) -> Self {
+        Reader {
+            shared,
+            problems,
+            newest: 0,
+            reads: 0,
+        }
+    }
+
     /// A value read for `key` at tick `at`: written for that key, and never from an older
     /// collection than one this reader saw before.
     fn saw(&mut self, key: u32, value: &Val, at: u64) {
@@ -418,12 +424,7 @@ async fn mixed_task(
 ) {
     let log = &shared.log;
     let mut rng = Rng::new(shared.seed ^ (task + 1).wrapping_mul(0x0100_0000_01B3));
-    let mut me = Reader {
-        shared: &shared,
-        problems: &problems,
-        newest: 0,
-        reads: 0,
-    };
+    let mut me = Reader::new(&shared, &problems);
     for _ in 0..ops_per_task() {
         let key = draw_key(&mut rng);
         match rng.below(100) {
@@ -854,56 +855,62 @@ async fn readers_never_see_a_mix_of_two_collections() {
         }
     }
 
+    /// What every reader shares: the worker, what the test knows of it, and the counters.
+    #[derive(Clone)]
+    struct Readers {
+        worker: Worker<Stress>,
+        shared: Arc<Shared>,
+        done: Arc<AtomicBool>,
+        problems: Arc<Problems>,
+        straddled: Arc<AtomicU64>,
+        checks: Arc<AtomicU64>,
+    }
+
+    impl Readers {
+        fn reader(&self) -> Reader<'_> {
+            Reader::new(&self.shared, &self.problems)
+        }
+
+        /// One counted pass of `me`.
+        fn pass(&self, me: &mut Reader<'_>) {
+            read_once(&self.worker, &self.shared, me, &self.straddled);
+            self.checks.fetch_add(1, SeqCst);
+        }
+    }
+
+    let all = Readers {
+        worker: worker.clone(),
+        shared: shared.clone(),
+        done: done.clone(),
+        problems: problems.clone(),
+        straddled: straddled.clone(),
+        checks: checks.clone(),
+    };
     let threads: Vec<_> = (0..2)
         .map(|_| {
-            let (worker, shared, done, problems, straddled, checks) = (
-                worker.clone(),
-                shared.clone(),
-                done.clone(),
-                problems.clone(),
-                straddled.clone(),
-                checks.clone(),
-            );
+            let all = all.clone();
             std::thread::spawn(move || {
-                let mut me = Reader {
-                    shared: &shared,
-                    problems: &problems,
-                    newest: 0,
-                    reads: 0,
-                };
+                let mut me = all.reader();
                 let started = std::time::Instant::now();
-                while !done.load(SeqCst) && started.elapsed() < Duration::from_secs(120) {
-                    read_once(&worker, &shared, &mut me, &straddled);
-                    checks.fetch_add(1, SeqCst);
+                while !all.done.load(SeqCst) && started.elapsed() < Duration::from_secs(120) {
+                    all.pass(&mut me);
                 }
             })
         })
         .collect();
     let readers: Vec<_> = (0..8)
         .map(|_| {
-            let (worker, shared, done, problems, straddled, checks) = (
-                worker.clone(),
-                shared.clone(),
-                done.clone(),
-                problems.clone(),
-                straddled.clone(),
-                checks.clone(),
-            );
+            let all = all.clone();
             tokio::spawn(async move {
-                let mut me = Reader {
-                    shared: &shared,
-                    problems: &problems,
-                    newest: 0,
-                    reads: 0,
-                };
-                while !done.load(SeqCst) {
-                    read_once(&worker, &shared, &mut me, &straddled);
-                    checks.fetch_add(1, SeqCst);
+                let mut me = all.reader();
+                while !all.done.load(SeqCst) {
+                    all.pass(&mut me);
                     tokio::task::yield_now().await;
                 }
             })
         })
         .collect();
+    drop(all);
     let swappers: Vec<_> = (0..4)
         .map(|_| {
             let worker = worker.clone();

@@ -1,5 +1,7 @@
-//! For the randomized tests: the seeded generator, the long-run switch, and the list of what
-//! went wrong.
+//! For the randomized tests: the seeded generator, the long-run switch, the ledger check of
+//! the values they hand out, and the list of what went wrong.
+
+use std::collections::HashSet;
 
 use parking_lot::Mutex;
 
@@ -42,6 +44,20 @@ impl Rng {
     pub fn bytes(&mut self, n: usize) -> Vec<u8> {
         (0..n).map(|_| self.next() as u8).collect()
     }
+}
+
+/// Whether a value read under `key`, which names `(its key, its number)`, names `key` and is
+/// one of the numbers `ledger[key]` handed out (`numbers` picks them from the key's entry).
+pub fn handed_out<T>(
+    ledger: &[Mutex<T>],
+    key: u32,
+    (its_key, number): (u32, u64),
+    numbers: impl FnOnce(&T) -> &HashSet<u64>,
+) -> bool {
+    its_key == key
+        && ledger
+            .get(key as usize)
+            .is_some_and(|entry| numbers(&entry.lock()).contains(&number))
 }
 
 /// What went wrong, collected from every task and thread (a panic in one would hide the
