@@ -7,12 +7,13 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use cache_worker::{Error, Worker};
 use common::{Upstream, dumping, key, listing, on_disk, started_on, temp_dump, temp_files};
+use tempfile::TempDir;
 
 /// A worker of `bucket` on `file` with the cache disabled.
 async fn disabled(up: &Upstream, bucket: &str, file: &Path) -> Worker<Upstream> {
@@ -21,6 +22,31 @@ async fn disabled(up: &Upstream, bucket: &str, file: &Path) -> Worker<Upstream> 
         .start()
         .await
         .expect("start")
+}
+
+/// A disabled cache of bucket `off` on `off.dump` in a new temp dir, over an upstream where
+/// `a` is 1.
+async fn disabled_over_a() -> (TempDir, PathBuf, Upstream, Worker<Upstream>) {
+    let (dir, file) = temp_dump("off.dump");
+    let up = Upstream::new();
+    up.set_value("a", 1);
+    let w = disabled(&up, "off", &file).await;
+    (dir, file, up, w)
+}
+
+/// A worker of `bucket` on `<bucket>.dump` in a new temp dir, dumping every `interval`, given
+/// `k0..k<n>` (`ki` = i) by `insert`.
+async fn filled(bucket: &str, interval: Duration, n: u64) -> (TempDir, PathBuf, Worker<Upstream>) {
+    let (dir, file) = temp_dump(&format!("{bucket}.dump"));
+    let w = dumping(&Upstream::new(), bucket, &file)
+        .dump_interval(interval)
+        .start()
+        .await
+        .expect("start");
+    for i in 0..n {
+        w.insert(format!("k{i}"), i);
+    }
+    (dir, file, w)
 }
 
 /// How many entries the dump at `file` holds now, read by a second worker that writes nothing
@@ -227,15 +253,7 @@ async fn a_read_only_directory_fails_the_write_and_keeps_the_previous_dump() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_are_debounced_into_few_dumps() {
-    let (_dir, file) = temp_dump("burst.dump");
-    let w = dumping(&Upstream::new(), "burst", &file)
-        .dump_interval(Duration::from_millis(200))
-        .start()
-        .await
-        .expect("start");
-    for i in 0..100u64 {
-        w.insert(format!("k{i}"), i);
-    }
+    let (_dir, file, w) = filled("burst", Duration::from_millis(200), 100).await;
 
     // Wait (bounded) until the debounced writer has put all 100 on disk, without shutting
     // down: shutdown's final dump would hide a writer that never ran.
@@ -271,10 +289,7 @@ async fn writes_are_debounced_into_few_dumps() {
 
 #[tokio::test]
 async fn a_disabled_cache_loads_every_time() {
-    let (_dir, file) = temp_dump("off.dump");
-    let up = Upstream::new();
-    up.set_value("a", 1);
-    let w = disabled(&up, "off", &file).await;
+    let (_dir, _file, up, w) = disabled_over_a().await;
     for n in 1..=3 {
         assert_eq!(*w.fetch(&key("a")).await.expect("fetch"), 1);
         assert_eq!(up.loads_of("a"), n, "every fetch calls the loader");
@@ -290,10 +305,7 @@ async fn a_disabled_cache_loads_every_time() {
 
 #[tokio::test]
 async fn a_disabled_cache_writes_no_dump() {
-    let (_dir, file) = temp_dump("off.dump");
-    let up = Upstream::new();
-    up.set_value("a", 1);
-    let w = disabled(&up, "off", &file).await;
+    let (_dir, file, _up, w) = disabled_over_a().await;
     w.fetch(&key("a")).await.expect("fetch");
     w.insert(key("b"), 2);
     let _ = w.dump().await;
@@ -359,15 +371,7 @@ async fn dumps_racing_writes_and_each_other_never_tear_the_file() {
     // Explicit dumps at once, the background writer, and writes to the bucket meanwhile: each
     // dump may win, but the file must always be whole. (A second worker on the same file is
     // refused: `dump_lock.rs`.)
-    let (_dir, file) = temp_dump("two.dump");
-    let a = dumping(&Upstream::new(), "two", &file)
-        .dump_interval(Duration::from_millis(1))
-        .start()
-        .await
-        .expect("start");
-    for i in 0..3000u64 {
-        a.insert(format!("k{i}"), i);
-    }
+    let (_dir, file, a) = filled("two", Duration::from_millis(1), 3000).await;
     for round in 0..30u64 {
         a.insert(format!("k{}", round % 3000), round);
         let (ra, rb) = tokio::join!(a.dump(), a.dump());

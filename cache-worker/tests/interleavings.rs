@@ -121,38 +121,63 @@ async fn concurrent_misses_of_one_key_share_one_load() {
     worker.shutdown().await.expect("shutdown");
 }
 
-/// A worker whose key `1` is loaded as 100, and a refresh cycle whose reload of it has read 100
-/// upstream and is held.
-async fn reload_held() -> (
-    Upstream,
-    Worker<Upstream>,
-    Hold,
-    JoinHandle<Result<RefreshReport, Error>>,
-) {
+/// The scripted upstream, a worker on it, the hold of its key `1`, and the held task.
+type Held<T> = (Upstream, Worker<Upstream>, Hold, JoinHandle<T>);
+
+/// A worker whose key `1` reads 100 upstream (and is loaded first if `loaded`), and the task
+/// `spawn` starts on it, held once it has read the key upstream.
+async fn held<T>(loaded: bool, spawn: impl FnOnce(&Worker<Upstream>) -> JoinHandle<T>) -> Held<T> {
     let up = Upstream::new();
     let worker = started(&up, "scripted").await;
     up.set_value("1", 100);
-    assert_eq!(worker.fetch(&key("1")).await.ok().as_deref(), Some(&100));
+    if loaded {
+        assert_eq!(worker.fetch(&key("1")).await.ok().as_deref(), Some(&100));
+    }
     let hold = up.hold("1");
-    let cycle = spawn_refresh_all(&worker);
+    let task = spawn(&worker);
     hold.entered().await;
-    (up, worker, hold, cycle)
+    (up, worker, hold, task)
+}
+
+/// A worker whose key `1` is loaded as 100, and a refresh cycle whose reload of it has read 100
+/// upstream and is held.
+async fn reload_held() -> Held<Result<RefreshReport, Error>> {
+    held(true, spawn_refresh_all).await
 }
 
 /// A worker whose miss of key `1` has read 100 upstream and is held.
-async fn miss_held() -> (
-    Upstream,
-    Worker<Upstream>,
-    Hold,
-    JoinHandle<Result<Arc<u64>, FetchError>>,
+async fn miss_held() -> Held<Result<Arc<u64>, FetchError>> {
+    held(false, |worker| spawn_fetch(worker, "1")).await
+}
+
+/// Lets the held `task` go and waits for it; checks that key `1` then holds `newer`, the value
+/// written after the held load read upstream (else the load `overwrote` it). Gives what the
+/// task gave.
+async fn released<T>(
+    worker: &Worker<Upstream>,
+    hold: Hold,
+    task: JoinHandle<T>,
+    newer: u64,
+    overwrote: &str,
+) -> T {
+    hold.release();
+    let out = task.await.expect("join");
+    assert_eq!(worker.peek("1").as_deref(), Some(&newer), "{overwrote}");
+    out
+}
+
+/// An insert while the held task's load is in flight: the value written is newer than what the
+/// load read, and stays. `what` loaded, and what its task must then give.
+async fn insert_while_held<T, E: std::fmt::Debug>(
+    (_up, worker, hold, task): Held<Result<T, E>>,
+    (what, ends): (&str, &str),
 ) {
-    let up = Upstream::new();
-    let worker = started(&up, "scripted").await;
-    up.set_value("1", 100);
-    let hold = up.hold("1");
-    let fetch = spawn_fetch(&worker, "1");
-    hold.entered().await;
-    (up, worker, hold, fetch)
+    worker.insert(key("1"), 300);
+    let overwrote = format!("{what} that read upstream before the insert overwrote it");
+    released(&worker, hold, task, 300, &overwrote)
+        .await
+        .expect(ends);
+    worker.shutdown().await.expect("shutdown");
 }
 
 /// Regression guard for a lost update: a refresh cycle's reload reads upstream, then the key
@@ -166,13 +191,11 @@ async fn a_reload_begun_before_an_invalidate_does_not_overwrite_the_newer_load()
     assert_eq!(worker.invalidate("1").as_deref(), Some(&100));
     assert_eq!(worker.fetch(&key("1")).await.ok().as_deref(), Some(&200));
 
-    hold.release();
-    cycle.await.expect("join").expect("the cycle ends");
-    assert_eq!(
-        worker.peek("1").as_deref(),
-        Some(&200),
-        "the reload that read upstream before the invalidate overwrote the value loaded after it"
-    );
+    let overwrote =
+        "the reload that read upstream before the invalidate overwrote the value loaded after it";
+    released(&worker, hold, cycle, 200, overwrote)
+        .await
+        .expect("the cycle ends");
     worker.shutdown().await.expect("shutdown");
 }
 
@@ -180,36 +203,17 @@ async fn a_reload_begun_before_an_invalidate_does_not_overwrite_the_newer_load()
 /// than what the reload read, and stays.
 #[tokio::test]
 async fn a_reload_begun_before_an_insert_does_not_overwrite_it() {
-    let (_up, worker, hold, cycle) = reload_held().await;
-    worker.insert(key("1"), 300);
-
-    hold.release();
-    cycle.await.expect("join").expect("the cycle ends");
-    assert_eq!(
-        worker.peek("1").as_deref(),
-        Some(&300),
-        "the reload that read upstream before the insert overwrote it"
-    );
-    worker.shutdown().await.expect("shutdown");
+    insert_while_held(reload_held().await, ("the reload", "the cycle ends")).await;
 }
 
 /// The same for a miss: a value inserted while the miss loads is newer than what the load read.
 #[tokio::test]
 async fn a_load_begun_before_an_insert_does_not_overwrite_it() {
-    let (_up, worker, hold, fetch) = miss_held().await;
-    worker.insert(key("1"), 300);
-
-    hold.release();
-    fetch
-        .await
-        .expect("join")
-        .expect("the load answers its waiter");
-    assert_eq!(
-        worker.peek("1").as_deref(),
-        Some(&300),
-        "the load that read upstream before the insert overwrote it"
-    );
-    worker.shutdown().await.expect("shutdown");
+    insert_while_held(
+        miss_held().await,
+        ("the load", "the load answers its waiter"),
+    )
+    .await;
 }
 
 /// A miss's load that read upstream before an invalidate: its waiter still gets what it read,
@@ -227,16 +231,15 @@ async fn a_load_begun_before_an_invalidate_is_not_stored() {
         "a read after the invalidate joined the load that began before it"
     );
 
-    hold.release();
+    let overwrote =
+        "the load that read upstream before the invalidate overwrote the value loaded after it";
     assert_eq!(
-        first.await.expect("join").ok().as_deref(),
+        released(&worker, hold, first, 200, overwrote)
+            .await
+            .ok()
+            .as_deref(),
         Some(&100),
         "the first waiter gets what its load read"
-    );
-    assert_eq!(
-        worker.peek("1").as_deref(),
-        Some(&200),
-        "the load that read upstream before the invalidate overwrote the value loaded after it"
     );
     assert_eq!(up.loads_of("1"), 2);
     worker.shutdown().await.expect("shutdown");
