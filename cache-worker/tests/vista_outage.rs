@@ -21,8 +21,8 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use cache_worker::vista::testing::FakeVista;
-use cache_worker::vista::{Cinemas, Films, Sessions, VistaError};
-use cache_worker::{Event, FetchError, RemovalCause, Worker};
+use cache_worker::vista::{Cinema, Cinemas, Film, Films, Session, Sessions, VistaError};
+use cache_worker::{Event, FetchError, RemovalCause, Stats, Worker};
 use common::outage::*;
 use common::vista::{CINEMAS, FILMS, SESSIONS, client, far_fake};
 use common::{until, within};
@@ -46,43 +46,65 @@ fn the_bounds_follow_the_schedule() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The tests.
+// One outage, watched.
 
-/// All three workers loaded, then HTTP 500 on every request for five refresh periods.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_long_500_outage_is_served_from_memory_backs_off_and_recovers() {
-    let fake = far_fake().await;
-    let Three {
-        cinemas,
-        films,
-        sessions,
-    } = start_three(&fake).await;
-    let (changed, gone) = two_far_sessions(&sessions);
-    let events = (record(&cinemas), record(&films), record(&sessions));
-    let sampler = Sampler::start(&fake);
+/// The events of the three workers.
+type Events = (
+    Recorder<u32, Cinema>,
+    Recorder<String, Film>,
+    Recorder<String, Session>,
+);
+
+/// What an outage test saw: the two sessions that start last (the first changed upstream during
+/// the outage, the second perhaps removed), every event, the fake's requests, the three workers'
+/// stats before and after, when the outage ran, the three reads of an uncached key (each
+/// worker's error and how long it took), and the reads served meanwhile and the slowest `get`.
+struct Outage {
+    changed: Arc<Session>,
+    gone: Arc<Session>,
+    events: Events,
+    sampler: Sampler,
+    before: [Stats; 3],
+    after: [Stats; 3],
+    window: (Instant, Instant),
+    misses: [(FetchError, Duration); 3],
+    reads: u64,
+    slowest: Duration,
+}
+
+/// Runs an outage of `lasting` that `begin` starts on `fake` while readers read every entry:
+/// upstream gives the changed session `seats` more seats (and removes the other if `remove`).
+/// Checks that every reader was answered from memory throughout and that nothing changed: no
+/// event but a reload, no entry gone.
+async fn outage(
+    fake: &FakeVista,
+    (cinemas, films, sessions): (&Worker<Cinemas>, &Worker<Films>, &Worker<Sessions>),
+    begin: impl FnOnce(&FakeVista),
+    (seats, remove): (u32, bool),
+    lasting: Duration,
+) -> Outage {
+    let (changed, gone) = two_far_sessions(sessions);
+    let events = (record(cinemas), record(films), record(sessions));
+    let sampler = Sampler::start(fake);
     let before = [cinemas.stats(), films.stats(), sessions.stats()];
     let stop = Arc::new(AtomicBool::new(false));
-    let readers = read_three((&cinemas, &films, &sessions), &stop);
+    let readers = read_three((cinemas, films, sessions), &stop);
 
-    fake.fail_until_cleared();
+    begin(fake);
     let outage = Instant::now();
     // Changes upstream during the outage, to be seen once it is over.
-    assert!(fake.set_seats(&changed.id, changed.seats_available + 5));
-    assert!(fake.remove_session(&gone.id));
-    tokio::time::sleep(OUTAGE).await;
+    assert!(fake.set_seats(&changed.id, changed.seats_available + seats));
+    if remove {
+        assert!(fake.remove_session(&gone.id));
+    }
+    tokio::time::sleep(lasting).await;
     let window = (outage, Instant::now());
 
-    // A key that is not cached is an error at once, not a wait for upstream.
-    let (cinema_miss, cinema_took) = miss(&cinemas, &4242).await;
-    let (film_miss, film_took) = miss(&films, &"HO99999999".to_owned()).await;
-    let (session_miss, session_took) = miss(&sessions, &"1001-99999999".to_owned()).await;
-    for error in [&cinema_miss, &film_miss, &session_miss] {
-        assert_eq!(
-            vista_error(error).and_then(VistaError::status),
-            Some(500),
-            "{error}"
-        );
-    }
+    let misses = [
+        miss(cinemas, &4242).await,
+        miss(films, &"HO99999999".to_owned()).await,
+        miss(sessions, &"1001-99999999".to_owned()).await,
+    ];
     let (reads, slowest) = stop_readers(&stop, readers).await;
 
     // Nothing was removed, nothing changed, the bucket never shrank.
@@ -93,15 +115,91 @@ async fn a_long_500_outage_is_served_from_memory_backs_off_and_recovers() {
         [cinemas.len(), films.len(), sessions.len()],
         [CINEMAS, FILMS, SESSIONS]
     );
-    assert_eq!(sessions.peek(&gone.id).as_deref(), Some(&*gone));
     assert!(reads > 0);
+    let after = [cinemas.stats(), films.stats(), sessions.stats()];
+    Outage {
+        changed,
+        gone,
+        events,
+        sampler,
+        before,
+        after,
+        window,
+        misses,
+        reads,
+        slowest,
+    }
+}
+
+impl Outage {
+    /// The `[figures]` of the outage: how long it ran, the requests per route (`routes`), the
+    /// reads served and the slowest `get`, and how long each uncached fetch took.
+    fn figures(&self, routes: &[String]) -> String {
+        format!(
+            "of {:?}; requests per route: {}; reads served {} (slowest get {:?}); \
+             uncached fetch answered in {:?} / {:?} / {:?}",
+            self.window.1 - self.window.0,
+            routes.join("; "),
+            self.reads,
+            self.slowest,
+            self.misses[0].1,
+            self.misses[1].1,
+            self.misses[2].1,
+        )
+    }
+}
+
+/// Once upstream answers again from `cleared`: the changed session's `seats` more seats arrive,
+/// and cinemas and films reload. When each happened.
+async fn recovery(
+    events: &Events,
+    cleared: Instant,
+    changed: &Session,
+    seats: u32,
+) -> (Instant, Instant, Instant) {
+    let (now, updated_at) = events
+        .2
+        .seat_change(cleared, "the seat change after the outage", &changed.id)
+        .await;
+    assert_eq!(now, changed.seats_available + seats);
+    let cinemas_at = events.0.full_reload(cleared, "cinemas to recover").await;
+    let films_at = events.1.full_reload(cleared, "films to recover").await;
+    (updated_at, cinemas_at, films_at)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The tests.
+
+/// All three workers loaded, then HTTP 500 on every request for five refresh periods.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_long_500_outage_is_served_from_memory_backs_off_and_recovers() {
+    let fake = far_fake().await;
+    let (cinemas, films, sessions) = start_three(&fake).await;
+    let seen = outage(
+        &fake,
+        (&cinemas, &films, &sessions),
+        FakeVista::fail_until_cleared,
+        (5, true),
+        OUTAGE,
+    )
+    .await;
+    let outage = seen.window.0;
+
+    // A key that is not cached is an error at once, not a wait for upstream.
+    for (error, _) in &seen.misses {
+        assert_eq!(
+            vista_error(error).and_then(VistaError::status),
+            Some(500),
+            "{error}"
+        );
+    }
+    assert_eq!(sessions.peek(&seen.gone.id).as_deref(), Some(&*seen.gone));
 
     // The failures show in the stats: failed reloads, and failed loads (the reloads and the
     // two reads of a missing key).
-    let after = [cinemas.stats(), films.stats(), sessions.stats()];
     for (name, (before, after)) in ["cinemas", "films", "sessions"]
         .into_iter()
-        .zip(before.iter().zip(&after))
+        .zip(seen.before.iter().zip(&seen.after))
     {
         let (refresh_failures, load_errors, _) = failures(before, after);
         assert!(refresh_failures >= 4, "{name}: {after:?}");
@@ -113,12 +211,13 @@ async fn a_long_500_outage_is_served_from_memory_backs_off_and_recovers() {
     // failure comes within a refresh period, the three retries within 0.7 s of it.
     let mut figures = Vec::new();
     for route in ROUTES {
-        let (count, bound, fixed) = assert_backoff(&sampler, route, window, Duration::ZERO, 1, 4);
+        let (count, bound, fixed) =
+            assert_backoff(&seen.sampler, route, seen.window, Duration::ZERO, 1, 4);
         assert!(
             bound * 2 < fixed,
             "the bound ({bound}) must tell backoff from a fixed interval ({fixed})"
         );
-        let gaps = sampler.gaps_ms(route, window.0, window.1);
+        let gaps = seen.sampler.gaps_ms(route, seen.window.0, seen.window.1);
         // Retries come sooner than the next refresh period would.
         assert!(
             gaps.iter()
@@ -134,36 +233,33 @@ async fn a_long_500_outage_is_served_from_memory_backs_off_and_recovers() {
     // Recovery, with no refresh_all: the next retry succeeds and brings the changes.
     fake.clear_failures();
     let cleared = Instant::now();
-    let (seats, updated_at) = events
+    let (updated_at, cinemas_at, films_at) =
+        recovery(&seen.events, cleared, &seen.changed, 5).await;
+    let (cause, removed_at) = seen
+        .events
         .2
-        .seat_change(cleared, "the seat change after the outage", &changed.id)
-        .await;
-    assert_eq!(seats, changed.seats_available + 5);
-    let (cause, removed_at) = events
-        .2
-        .removal(cleared, "the removal after the outage", &gone.id)
+        .removal(cleared, "the removal after the outage", &seen.gone.id)
         .await;
     assert_eq!(cause, RemovalCause::Gone);
-    let cinemas_at = events.0.full_reload(cleared, "cinemas to recover").await;
-    let films_at = events.1.full_reload(cleared, "films to recover").await;
     assert_eq!(
         [cinemas.len(), films.len(), sessions.len()],
         [CINEMAS, FILMS, SESSIONS - 1]
     );
-    assert!(sessions.peek(&gone.id).is_none());
-    for event in events.0.since(outage) {
+    assert!(sessions.peek(&seen.gone.id).is_none());
+    for event in seen.events.0.since(outage) {
         assert!(
             matches!(event, Event::FullReload { count: CINEMAS }),
             "{event:?}"
         );
     }
-    for event in events.1.since(outage) {
+    for event in seen.events.1.since(outage) {
         assert!(
             matches!(event, Event::FullReload { count: FILMS }),
             "{event:?}"
         );
     }
-    let removed: Vec<_> = events
+    let removed: Vec<_> = seen
+        .events
         .2
         .since(outage)
         .into_iter()
@@ -176,19 +272,17 @@ async fn a_long_500_outage_is_served_from_memory_backs_off_and_recovers() {
     );
 
     eprintln!(
-        "[figures] 500 outage of {:?}; requests per route: {}; reads served {reads} (slowest get {slowest:?}); \
-         uncached fetch answered in {cinema_took:?} / {film_took:?} / {session_took:?}; \
+        "[figures] 500 outage {}; \
          recovered (cinemas, films, session update, session removal) after {:?} / {:?} / {:?} / {:?}; \
          stats after: cinemas {:?} films {:?} sessions {:?}",
-        window.1 - window.0,
-        figures.join("; "),
+        seen.figures(&figures),
         cinemas_at - cleared,
         films_at - cleared,
         updated_at - cleared,
         removed_at - cleared,
-        failures(&before[0], &after[0]),
-        failures(&before[1], &after[1]),
-        failures(&before[2], &after[2]),
+        failures(&seen.before[0], &seen.after[0]),
+        failures(&seen.before[1], &seen.after[1]),
+        failures(&seen.before[2], &seen.after[2]),
     );
 }
 
@@ -205,47 +299,30 @@ async fn a_timeout_outage_is_served_from_memory_and_recovers() {
     })
     .await;
     let sessions: Worker<Sessions> = start(slow(&fake), |b| b).await;
-    let (changed, _) = two_far_sessions(&sessions);
-    let events = (record(&cinemas), record(&films), record(&sessions));
-    let sampler = Sampler::start(&fake);
-    let before = [cinemas.stats(), films.stats(), sessions.stats()];
-    let stop = Arc::new(AtomicBool::new(false));
-    let readers = read_three((&cinemas, &films, &sessions), &stop);
-
-    fake.set_latency(LATENCY);
-    let outage = Instant::now();
-    assert!(fake.set_seats(&changed.id, changed.seats_available + 4));
-    tokio::time::sleep(SLOW_OUTAGE).await;
-    let window = (outage, Instant::now());
+    let seen = outage(
+        &fake,
+        (&cinemas, &films, &sessions),
+        |fake| fake.set_latency(LATENCY),
+        (4, false),
+        SLOW_OUTAGE,
+    )
+    .await;
 
     // A key that is not cached: a timeout error, not a hang.
-    let (cinema_miss, cinema_took) = miss(&cinemas, &4242).await;
-    let (film_miss, film_took) = miss(&films, &"HO99999999".to_owned()).await;
-    let (session_miss, session_took) = miss(&sessions, &"1001-99999999".to_owned()).await;
-    for error in [&cinema_miss, &session_miss] {
+    let [(cinema_miss, _), (film_miss, _), (session_miss, _)] = &seen.misses;
+    for error in [cinema_miss, session_miss] {
         assert!(
             vista_error(error).is_some_and(VistaError::is_timeout),
             "{error}"
         );
     }
     assert!(
-        matches!(film_miss, FetchError::Timeout(t) if t == CLIENT_TIMEOUT),
+        matches!(film_miss, FetchError::Timeout(t) if *t == CLIENT_TIMEOUT),
         "{film_miss}"
     );
-    let (reads, slowest) = stop_readers(&stop, readers).await;
-
-    events.0.assert_quiet_since(outage, "cinemas");
-    events.1.assert_quiet_since(outage, "films");
-    events.2.assert_quiet_since(outage, "sessions");
-    assert_eq!(
-        [cinemas.len(), films.len(), sessions.len()],
-        [CINEMAS, FILMS, SESSIONS]
-    );
-    assert!(reads > 0);
 
     // The reloads ended as errors: timeouts of the client (a load error) or of the worker.
-    let after = [cinemas.stats(), films.stats(), sessions.stats()];
-    let changes = [0, 1, 2].map(|i| failures(&before[i], &after[i]));
+    let changes = [0, 1, 2].map(|i| failures(&seen.before[i], &seen.after[i]));
     for (name, (refresh_failures, load_errors, timeouts)) in
         [("cinemas", changes[0]), ("sessions", changes[2])]
     {
@@ -262,32 +339,25 @@ async fn a_timeout_outage_is_served_from_memory_and_recovers() {
         .into_iter()
         .map(|route| {
             let (count, bound, fixed) =
-                assert_backoff(&sampler, route, window, CLIENT_TIMEOUT, 1, 2);
-            let gaps = sampler.gaps_ms(route, window.0, window.1);
+                assert_backoff(&seen.sampler, route, seen.window, CLIENT_TIMEOUT, 1, 2);
+            let gaps = seen.sampler.gaps_ms(route, seen.window.0, seen.window.1);
             format!("{route:?} {count} (bound {bound}, fixed-interval {fixed}, gaps {gaps:?} ms)")
         })
         .collect();
 
     fake.set_latency(Duration::ZERO);
     let cleared = Instant::now();
-    let (seats, updated_at) = events
-        .2
-        .seat_change(cleared, "the seat change after the outage", &changed.id)
-        .await;
-    assert_eq!(seats, changed.seats_available + 4);
-    let cinemas_at = events.0.full_reload(cleared, "cinemas to recover").await;
-    let films_at = events.1.full_reload(cleared, "films to recover").await;
+    let (updated_at, cinemas_at, films_at) =
+        recovery(&seen.events, cleared, &seen.changed, 4).await;
     assert_eq!(
         [cinemas.len(), films.len(), sessions.len()],
         [CINEMAS, FILMS, SESSIONS]
     );
 
     eprintln!(
-        "[figures] timeout outage (latency {LATENCY:?}, timeouts {CLIENT_TIMEOUT:?}) of {:?}; requests per route: {}; \
-         reads served {reads} (slowest get {slowest:?}); uncached fetch answered in {cinema_took:?} / {film_took:?} / {session_took:?}; \
+        "[figures] timeout outage (latency {LATENCY:?}, timeouts {CLIENT_TIMEOUT:?}) {}; \
          recovered (cinemas, films, session update) after {:?} / {:?} / {:?}; (refresh failures, load errors, timeouts): {changes:?}",
-        window.1 - window.0,
-        figures.join("; "),
+        seen.figures(&figures),
         cinemas_at - cleared,
         films_at - cleared,
         updated_at - cleared,
@@ -300,11 +370,7 @@ async fn a_timeout_outage_is_served_from_memory_and_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_backoff_starts_over_after_recovery() {
     let fake = far_fake().await;
-    let Three {
-        cinemas,
-        films,
-        sessions,
-    } = start_three(&fake).await;
+    let (cinemas, films, sessions) = start_three(&fake).await;
     let events = (record(&cinemas), record(&films), record(&sessions));
     let sampler = Sampler::start(&fake);
 
@@ -372,11 +438,7 @@ async fn the_backoff_starts_over_after_recovery() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_few_500s_mid_cycle_lose_nothing() {
     let fake = far_fake().await;
-    let Three {
-        cinemas,
-        films,
-        sessions,
-    } = start_three(&fake).await;
+    let (cinemas, films, sessions) = start_three(&fake).await;
     let (changed, _) = two_far_sessions(&sessions);
     let entries = (snapshot(&cinemas), snapshot(&films), snapshot(&sessions));
     let events = (record(&cinemas), record(&films), record(&sessions));

@@ -95,20 +95,15 @@ pub async fn start<F: Feed>(
     worker
 }
 
-pub struct Three {
-    pub cinemas: Worker<Cinemas>,
-    pub films: Worker<Films>,
-    pub sessions: Worker<Sessions>,
-}
-
-pub async fn start_three(fake: &FakeVista) -> Three {
-    let three = Three {
-        cinemas: start(client(fake), |b| b).await,
-        films: start(client(fake), |b| b).await,
-        sessions: start(client(fake), |b| b).await,
-    };
+/// The three workers, started with the short settings on `fake`, each loaded.
+pub async fn start_three(fake: &FakeVista) -> (Worker<Cinemas>, Worker<Films>, Worker<Sessions>) {
+    let three: (Worker<Cinemas>, Worker<Films>, Worker<Sessions>) = (
+        start(client(fake), |b| b).await,
+        start(client(fake), |b| b).await,
+        start(client(fake), |b| b).await,
+    );
     assert_eq!(
-        [three.cinemas.len(), three.films.len(), three.sessions.len()],
+        [three.0.len(), three.1.len(), three.2.len()],
         [CINEMAS, FILMS, SESSIONS]
     );
     three
