@@ -10,7 +10,11 @@ mod common;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 
-use common::{Rng, Upstream, corrupt_path, dumping, key, started_on, temp_dump, write_dump};
+use cache_worker::{ColdStart, StartKind};
+use common::{
+    HOUR, Nothing, Rng, Upstream, builder, corrupt_path, dumping, key, started_on, temp_dump,
+    write_dump,
+};
 
 /// Starts a worker on a damaged dump and checks the outcome: a cold start (seeded, nothing
 /// restored, nothing served), the bad file moved to `<file>.corrupt` byte for byte, and nothing
@@ -132,6 +136,43 @@ async fn random_bytes_give_a_cold_start() {
                 .await;
         }
     }
+}
+
+/// The value type that replaced `u64`.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Price {
+    amount: u64,
+    currency: String,
+}
+
+#[tokio::test]
+async fn a_dump_of_another_value_type_under_the_same_schema_is_moved_aside() {
+    let (_dir, file) = temp_dump("typed.dump");
+    let bytes = write_dump(&file, "typed", 3).await;
+
+    // The common upstream's keys, whose value type is no longer u64 but the schema the same.
+    let w = builder(&Nothing::<String, Price>::default(), "typed")
+        .file(&file)
+        .refresh(HOUR)
+        .start()
+        .await
+        .expect("start");
+    assert_eq!(w.len(), 0, "a cold start");
+    assert_eq!(w.stats().restored, 0);
+    match w.started() {
+        StartKind::Cold(ColdStart::Damaged { reason, moved_to }) => {
+            assert!(reason.contains("bump `schema`"), "{reason}");
+            assert_eq!(*moved_to, corrupt_path(&file));
+        }
+        other => panic!("expected a damaged cold start, got {other:?}"),
+    }
+    assert!(!file.exists(), "the dump is moved away");
+    assert_eq!(
+        std::fs::read(corrupt_path(&file)).expect("moved aside"),
+        bytes,
+        "the .corrupt file is the dump, byte for byte"
+    );
+    w.shutdown().await.expect("shutdown");
 }
 
 #[tokio::test]

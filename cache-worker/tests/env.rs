@@ -1,23 +1,14 @@
 //! The settings cascade with real environment variables. The environment is process-wide, so
 //! each case runs this test binary again as a child with the variables set.
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use cache_worker::{CacheWorker, Worker};
-
-struct Nothing;
-
-impl CacheWorker for Nothing {
-    type Key = u32;
-    type Value = u32;
-    type Error = std::io::Error;
-
-    async fn load(&self, _: &u32) -> Result<Option<u32>, std::io::Error> {
-        Ok(None)
-    }
-}
+use cache_worker::Worker;
+use common::Nothing;
 
 const CHILD: &str = "CACHE_WORKER_ENV_TEST_CHILD";
 
@@ -37,7 +28,7 @@ async fn child() {
     let Ok(case) = std::env::var(CHILD) else {
         return;
     };
-    let started = Worker::builder(Nothing)
+    let started = Worker::builder(Nothing::<u32, u32>::default())
         .bucket("env-test")
         .refresh(Duration::from_secs(7))
         .start()

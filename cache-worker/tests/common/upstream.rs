@@ -1,13 +1,19 @@
 //! A scripted upstream for the behaviour tests: each key answers what the test sets, every
-//! call is counted, and a test can hold a call (see [`Upstream::hold`]).
+//! call is counted, and a test can hold a call (see [`Upstream::hold`]). And [`Nothing`], an
+//! upstream of any key and value type that has nothing.
 
 use std::collections::HashMap;
+use std::fmt::Debug;
+use std::hash::Hash;
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use cache_worker::{CacheWorker, Entries, SeedError};
 use parking_lot::Mutex;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use super::hold::{Hold, Holds};
 
@@ -151,4 +157,34 @@ impl CacheWorker for Upstream {
 
 pub fn key(k: &str) -> String {
     k.to_owned()
+}
+
+/// An upstream of keys `K` and values `V` where no key exists: for what a worker does
+/// without its loader (its settings, its start from a dump).
+pub struct Nothing<K, V>(PhantomData<fn() -> (K, V)>);
+
+impl<K, V> Default for Nothing<K, V> {
+    fn default() -> Self {
+        Nothing(PhantomData)
+    }
+}
+
+impl<K, V> Clone for Nothing<K, V> {
+    fn clone(&self) -> Self {
+        Nothing::default()
+    }
+}
+
+impl<K, V> CacheWorker for Nothing<K, V>
+where
+    K: Eq + Hash + Clone + Debug + Serialize + DeserializeOwned + Send + Sync + 'static,
+    V: PartialEq + Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    type Key = K;
+    type Value = V;
+    type Error = std::io::Error;
+
+    async fn load(&self, _: &K) -> Result<Option<V>, std::io::Error> {
+        Ok(None)
+    }
 }
