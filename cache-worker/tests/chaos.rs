@@ -28,7 +28,7 @@ use futures_util::StreamExt;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-use common::{Problems, Rng, handed_out, long_run};
+use common::{Problems, Replica, Rng, handed_out, long_run};
 
 const KEYS: u32 = 64;
 const LOAD_TIMEOUT: Duration = Duration::from_secs(5);
@@ -354,57 +354,16 @@ fn check_fetch(shared: &Shared, bad: &Problems, key: u32, result: &Result<Arc<Va
     }
 }
 
-/// Replays the events into a copy of the bucket, checking that each one follows from the
-/// copy (an `Updated` names the value it replaces, a `Removed` the value it removes).
-#[derive(Default)]
-struct Replay {
-    copy: HashMap<u32, Arc<Val>>,
-    entry_events: u64,
-    full_reloads: u64,
-    lagged: u64,
-}
-
-impl Replay {
-    fn apply(&mut self, shared: &Shared, bad: &Problems, event: Event<u32, Val>) {
-        match event {
-            Event::Inserted { key, value } => {
-                self.entry_events += 1;
-                if !shared.was_returned(key, &value) {
-                    bad.push(format!("event Inserted({key}, {value:?}): never returned"));
-                }
-                if let Some(old) = self.copy.insert(key, value) {
-                    bad.push(format!("event Inserted({key}) while it held {old:?}"));
-                }
-            }
-            Event::Updated {
-                key,
-                value,
-                previous,
-            } => {
-                self.entry_events += 1;
-                if !shared.was_returned(key, &value) {
-                    bad.push(format!("event Updated({key}, {value:?}): never returned"));
-                }
-                let old = self.copy.insert(key, value);
-                if old.as_ref() != Some(&previous) {
-                    bad.push(format!(
-                        "event Updated({key}) replaced {previous:?}, the copy held {old:?}"
-                    ));
-                }
-            }
-            Event::Removed { key, value, .. } => {
-                self.entry_events += 1;
-                let old = self.copy.remove(&key);
-                if old.as_ref() != Some(&value) {
-                    bad.push(format!(
-                        "event Removed({key}, {value:?}), the copy held {old:?}"
-                    ));
-                }
-            }
-            Event::FullReload { .. } => self.full_reloads += 1,
-            Event::Lagged { missed } => self.lagged += missed,
-            other => bad.push(format!("unknown event {other:?}")),
-        }
+/// Replays the events into a copy of the bucket ([`Replica`]), checking too that every value
+/// an event carries is one the loader returned for its key.
+fn apply(replica: &mut Replica<u32, Val>, shared: &Shared, bad: &Problems, event: Event<u32, Val>) {
+    if let Event::Inserted { key, value } | Event::Updated { key, value, .. } = &event
+        && !shared.was_returned(*key, value)
+    {
+        bad.push(format!("event {event:?}: never returned"));
+    }
+    if let Err(what) = replica.apply(event) {
+        bad.push(format!("event {what}"));
     }
 }
 
@@ -437,12 +396,12 @@ async fn run_chaos(bulk: bool) {
 
     // Subscribed before anything ran: the first bulk cycle is only spawned by `start`.
     let mut events = worker.subscribe();
-    let replay = Arc::new(Mutex::new(Replay::default()));
+    let replay = Arc::new(Mutex::new(Replica::default()));
     let consumer = tokio::spawn({
         let (shared, bad, replay) = (shared.clone(), bad.clone(), replay.clone());
         async move {
             while let Some(event) = events.next().await {
-                replay.lock().apply(&shared, &bad, event);
+                apply(&mut replay.lock(), &shared, &bad, event);
             }
         }
     });

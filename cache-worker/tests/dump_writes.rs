@@ -11,8 +11,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use cache_worker::{Error, Worker};
-use common::{Upstream, dumping, key, listing, on_disk, started_on, temp_dump, temp_files};
+use cache_worker::{CacheWorker, Error, Worker};
+use common::{
+    Nothing, Upstream, dumping, key, listing, on_disk, started_on, temp_dump, temp_files,
+};
 use tempfile::TempDir;
 
 /// A worker of `bucket` on `file` with the cache disabled.
@@ -47,6 +49,30 @@ async fn filled(bucket: &str, interval: Duration, n: u64) -> (TempDir, PathBuf, 
         w.insert(format!("k{i}"), i);
     }
     (dir, file, w)
+}
+
+/// Checks that `result`, a dump by `w` begun with `before` dump failures counted, failed to
+/// write `file`, was counted, and left the previous dump `good` as it was. Gives the failure.
+fn assert_failed_write<W: CacheWorker>(
+    w: &Worker<W>,
+    result: Result<(), Error>,
+    before: u64,
+    (file, good): (&Path, &[u8]),
+) -> std::io::Error {
+    let source = match result {
+        Err(Error::DumpWrite { path, source }) => {
+            assert_eq!(path, file);
+            source
+        }
+        other => panic!("expected DumpWrite, got {other:?}"),
+    };
+    assert!(w.stats().dump_failures > before);
+    assert_eq!(
+        std::fs::read(file).expect("dump"),
+        good,
+        "previous dump intact"
+    );
+    source
 }
 
 /// How many entries the dump at `file` holds now, read by a second worker that writes nothing
@@ -135,23 +161,11 @@ impl serde::Serialize for Fragile {
     }
 }
 
-struct FragileSource;
-
-impl cache_worker::CacheWorker for FragileSource {
-    type Key = String;
-    type Value = Fragile;
-    type Error = std::io::Error;
-
-    async fn load(&self, _: &String) -> Result<Option<Fragile>, std::io::Error> {
-        Ok(None)
-    }
-}
-
 #[tokio::test]
 async fn a_failing_write_keeps_the_previous_dump() {
     let (dir, file) = temp_dump("keep.dump");
     let start = || {
-        Worker::builder(FragileSource)
+        Worker::builder(Nothing::<String, Fragile>::default())
             .bucket("keep")
             .file(&file)
             .refresh(Duration::ZERO)
@@ -170,19 +184,8 @@ async fn a_failing_write_keeps_the_previous_dump() {
     let failures = w.stats().dump_failures;
     let result = w.dump().await;
     SERIALIZE_FAILS.store(false, std::sync::atomic::Ordering::SeqCst);
-    match result {
-        Err(Error::DumpWrite { path, source }) => {
-            assert_eq!(path, file);
-            assert!(source.to_string().contains("disk full"), "{source}");
-        }
-        other => panic!("expected DumpWrite, got {other:?}"),
-    }
-    assert!(w.stats().dump_failures > failures);
-    assert_eq!(
-        std::fs::read(&file).expect("dump"),
-        good,
-        "previous dump intact"
-    );
+    let source = assert_failed_write(&w, result, failures, (&file, &good));
+    assert!(source.to_string().contains("disk full"), "{source}");
     let leftovers = temp_files(dir.path());
     assert!(leftovers.is_empty(), "temp file removed: {leftovers:?}");
     drop(w); // no final dump
@@ -225,16 +228,7 @@ async fn a_read_only_directory_fails_the_write_and_keeps_the_previous_dump() {
     let failures = w.stats().dump_failures;
     let result = w.dump().await;
     std::fs::set_permissions(&sub, std::fs::Permissions::from_mode(0o755)).expect("chmod back");
-    match result {
-        Err(Error::DumpWrite { path, .. }) => assert_eq!(path, file),
-        other => panic!("expected DumpWrite, got {other:?}"),
-    }
-    assert!(w.stats().dump_failures > failures);
-    assert_eq!(
-        std::fs::read(&file).expect("dump"),
-        good,
-        "previous dump intact"
-    );
+    assert_failed_write(&w, result, failures, (&file, &good));
     assert_eq!(
         listing(&sub),
         ["ro.dump", "ro.dump.lock"],

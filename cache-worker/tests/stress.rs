@@ -32,7 +32,7 @@ use futures_util::StreamExt;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-use common::{Problems, Rng, handed_out, long_run};
+use common::{Problems, Replica, Rng, handed_out, long_run};
 
 const KEYS: u32 = 256;
 /// Half of all operations go to these few keys, so that they collide.
@@ -159,7 +159,14 @@ impl Log {
             .insert(value.seq);
     }
 
-    fn record(&self, key: u32, write: Write) {
+    /// A write of `kind` to `key` with its effect, within the ticks `lo..=hi`.
+    fn record(&self, key: u32, kind: WriteKind, effect: Option<u64>, (lo, hi): (u64, Option<u64>)) {
+        let write = Write {
+            lo,
+            hi,
+            effect,
+            kind,
+        };
         self.keys[key as usize].lock().writes.push(write);
     }
 
@@ -311,15 +318,8 @@ impl CacheWorker for Stress {
         let value = s.log.value(*key, Src::Load);
         s.log.announce(&value);
         let lo = s.log.tick();
-        s.log.record(
-            *key,
-            Write {
-                lo,
-                hi: None,
-                effect: Some(value.seq),
-                kind: WriteKind::Load,
-            },
-        );
+        s.log
+            .record(*key, WriteKind::Load, Some(value.seq), (lo, None));
         Ok(Some(value))
     }
 
@@ -350,15 +350,7 @@ impl CacheWorker for Stress {
         }
         let lo = s.log.tick();
         for (key, effect) in fates {
-            s.log.record(
-                key,
-                Write {
-                    lo,
-                    hi: None,
-                    effect,
-                    kind: WriteKind::Bulk,
-                },
-            );
+            s.log.record(key, WriteKind::Bulk, effect, (lo, None));
         }
         collections.push(collection);
         Some(Ok(entries))
@@ -381,6 +373,17 @@ impl<'a> Reader<'a> {
             problems,
             newest: 0,
             reads: 0,
+        }
+    }
+
+    /// One read of `key`, answered at tick `at`: a value (see [`Reader::saw`]), none, or what
+    /// went wrong.
+    fn read(&mut self, key: u32, answer: Result<Option<Arc<Val>>, String>, at: u64) {
+        self.reads += 1;
+        match answer {
+            Ok(Some(value)) => self.saw(key, &value, at),
+            Ok(None) => {}
+            Err(problem) => self.problems.push(problem),
         }
     }
 
@@ -430,29 +433,21 @@ async fn mixed_task(
         match rng.below(100) {
             0..30 => {
                 let fetched = worker.fetch(&key).await;
-                let at = log.tick();
-                me.reads += 1;
-                match fetched {
-                    Ok(value) => me.saw(key, &value, at),
-                    Err(e) => problems.push(format!("fetch({key}) failed: {e}")),
-                }
+                let fetched = fetched
+                    .map(Some)
+                    .map_err(|e| format!("fetch({key}) failed: {e}"));
+                me.read(key, fetched, log.tick());
             }
             30..45 => {
                 let got = worker.get(&key).await;
-                let at = log.tick();
-                me.reads += 1;
-                match got {
-                    Some(value) => me.saw(key, &value, at),
-                    None => problems.push(format!("get({key}) gave nothing")),
-                }
+                let got = got
+                    .map(Some)
+                    .ok_or_else(|| format!("get({key}) gave nothing"));
+                me.read(key, got, log.tick());
             }
             45..70 => {
                 let peeked = worker.peek(&key);
-                let at = log.tick();
-                me.reads += 1;
-                if let Some(value) = peeked {
-                    me.saw(key, &value, at);
-                }
+                me.read(key, Ok(peeked), log.tick());
             }
             70..80 => {
                 let value = log.value(key, Src::Insert);
@@ -460,15 +455,7 @@ async fn mixed_task(
                 let lo = log.tick();
                 worker.insert(key, value.clone());
                 let hi = log.tick();
-                log.record(
-                    key,
-                    Write {
-                        lo,
-                        hi: Some(hi),
-                        effect: Some(value.seq),
-                        kind: WriteKind::Insert,
-                    },
-                );
+                log.record(key, WriteKind::Insert, Some(value.seq), (lo, Some(hi)));
                 tally.inserts.fetch_add(1, SeqCst);
             }
             // Odd keys only: an invalidate detaches a load of the key in flight, so a read
@@ -479,15 +466,7 @@ async fn mixed_task(
                 let lo = log.tick();
                 let removed = worker.invalidate(&key);
                 let hi = log.tick();
-                log.record(
-                    key,
-                    Write {
-                        lo,
-                        hi: Some(hi),
-                        effect: None,
-                        kind: WriteKind::Invalidate,
-                    },
-                );
+                log.record(key, WriteKind::Invalidate, None, (lo, Some(hi)));
                 if let Some(value) = removed {
                     me.saw(key, &value, hi);
                 }
@@ -528,12 +507,11 @@ async fn mixed_task(
     tally.reads.fetch_add(me.reads, SeqCst);
 }
 
-/// Replays events into a copy of the bucket, each one checked against the copy.
+/// Replays events into a copy of the bucket ([`Replica`]), keeping the first few that did not
+/// follow from the copy.
 #[derive(Default)]
 struct Replay {
-    copy: HashMap<u32, Arc<Val>>,
-    entry_events: u64,
-    lagged: u64,
+    replica: Replica<u32, Val>,
     /// Events that did not follow from the copy, and the first few of them.
     broken_count: u64,
     broken: Vec<String>,
@@ -541,51 +519,11 @@ struct Replay {
 
 impl Replay {
     fn apply(&mut self, event: Event<u32, Val>) {
-        let mut broken = |what: String| {
+        if let Err(what) = self.replica.apply(event) {
             self.broken_count += 1;
             if self.broken.len() < 20 {
                 self.broken.push(what);
             }
-        };
-        match event {
-            Event::Inserted { key, value } => {
-                self.entry_events += 1;
-                if let Some(held) = self.copy.insert(key, value.clone()) {
-                    broken(format!(
-                        "Inserted({key}, seq {}) while the copy held seq {}",
-                        value.seq, held.seq
-                    ));
-                }
-            }
-            Event::Updated {
-                key,
-                value,
-                previous,
-            } => {
-                self.entry_events += 1;
-                let held = self.copy.insert(key, value.clone());
-                if held.as_ref() != Some(&previous) {
-                    broken(format!(
-                        "Updated({key}, seq {} replacing seq {}) while the copy held {:?}",
-                        value.seq,
-                        previous.seq,
-                        held.map(|v| v.seq)
-                    ));
-                }
-            }
-            Event::Removed { key, value, .. } => {
-                self.entry_events += 1;
-                let held = self.copy.remove(&key);
-                if held.as_ref() != Some(&value) {
-                    broken(format!(
-                        "Removed({key}, seq {}) while the copy held {:?}",
-                        value.seq,
-                        held.map(|v| v.seq)
-                    ));
-                }
-            }
-            Event::Lagged { missed } => self.lagged += missed,
-            _ => {}
         }
     }
 }
@@ -710,7 +648,7 @@ async fn run_mixed(bulk: bool) {
 
     let expected_events = stats.inserted + stats.updated + stats.removed + stats.expired;
     for _ in 0..3_000 {
-        if replay.lock().entry_events >= expected_events {
+        if replay.lock().replica.entry_events >= expected_events {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -718,27 +656,27 @@ async fn run_mixed(bulk: bool) {
     let bucket = contents(&worker);
     {
         let replay = replay.lock();
-        if replay.lagged > 0 {
+        if replay.replica.lagged > 0 {
             failures.push(format!(
                 "the subscriber lagged by {} events: raise event_capacity",
-                replay.lagged
+                replay.replica.lagged
             ));
         } else {
-            if replay.entry_events != expected_events {
+            if replay.replica.entry_events != expected_events {
                 failures.push(format!(
                     "{} entry events, the stats count {expected_events} changes",
-                    replay.entry_events
+                    replay.replica.entry_events
                 ));
             }
             if replay.broken_count > 0 {
                 failures.push(format!(
                     "event order: {} of {} events did not follow from the ones before; the first:",
-                    replay.broken_count, replay.entry_events
+                    replay.broken_count, replay.replica.entry_events
                 ));
             }
             failures.extend(replay.broken.iter().map(|b| format!("event order: {b}")));
             failures.extend(
-                differences(&replay.copy, &bucket)
+                differences(&replay.replica.copy, &bucket)
                     .into_iter()
                     .map(|d| format!("replay: {d}")),
             );
@@ -756,7 +694,7 @@ async fn run_mixed(bulk: bool) {
             stats.bulk_loads,
             tally.scans.load(SeqCst),
             stats.coalesced,
-            replay.entry_events,
+            replay.replica.entry_events,
             replay.broken_count,
             bucket.len(),
             failures.len(),

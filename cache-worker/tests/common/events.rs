@@ -1,5 +1,9 @@
 //! Reading a worker's events in tests.
 
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::hash::Hash;
+use std::sync::Arc;
 use std::time::Duration;
 
 use cache_worker::{Event, EventStream};
@@ -43,4 +47,78 @@ pub fn replayed<K: PartialEq, V: Clone>(events: &[Event<K, V>], key: &K) -> Opti
         }
     }
     value
+}
+
+/// A copy of a bucket made by replaying its events, each checked against the copy: an
+/// `Inserted` of a key the copy does not hold, an `Updated` that names the value it replaces,
+/// a `Removed` the value it removes.
+pub struct Replica<K, V> {
+    pub copy: HashMap<K, Arc<V>>,
+    pub entry_events: u64,
+    pub full_reloads: u64,
+    pub lagged: u64,
+}
+
+impl<K, V> Default for Replica<K, V> {
+    fn default() -> Self {
+        Replica {
+            copy: HashMap::new(),
+            entry_events: 0,
+            full_reloads: 0,
+            lagged: 0,
+        }
+    }
+}
+
+impl<K: Eq + Hash + Debug, V: PartialEq + Debug> Replica<K, V> {
+    /// Applies `event` to the copy; says how it does not follow from the copy, if it does not.
+    pub fn apply(&mut self, event: Event<K, V>) -> Result<(), String> {
+        match event {
+            Event::Inserted { key, value } => {
+                self.entry_events += 1;
+                let what = format!("Inserted({key:?}, {value:?})");
+                match self.copy.insert(key, value) {
+                    Some(held) => Err(format!("{what} while the copy held {held:?}")),
+                    None => Ok(()),
+                }
+            }
+            Event::Updated {
+                key,
+                value,
+                previous,
+            } => {
+                self.entry_events += 1;
+                let what = format!("Updated({key:?}, {value:?} replacing {previous:?})");
+                let held = self.copy.insert(key, value);
+                follows(what, held, &previous)
+            }
+            Event::Removed { key, value, .. } => {
+                self.entry_events += 1;
+                let held = self.copy.remove(&key);
+                follows(format!("Removed({key:?}, {value:?})"), held, &value)
+            }
+            Event::FullReload { .. } => {
+                self.full_reloads += 1;
+                Ok(())
+            }
+            Event::Lagged { missed } => {
+                self.lagged += missed;
+                Ok(())
+            }
+            other => Err(format!("unknown event {other:?}")),
+        }
+    }
+}
+
+/// `what` follows from the copy if the copy `held` `expected`.
+fn follows<V: PartialEq + Debug>(
+    what: String,
+    held: Option<Arc<V>>,
+    expected: &Arc<V>,
+) -> Result<(), String> {
+    if held.as_ref() == Some(expected) {
+        Ok(())
+    } else {
+        Err(format!("{what} while the copy held {held:?}"))
+    }
 }

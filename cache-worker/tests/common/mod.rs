@@ -19,7 +19,7 @@ pub mod upstream;
 pub mod vista;
 pub mod wait;
 
-pub use events::{drain, drain_within, replayed};
+pub use events::{Replica, drain, drain_within, replayed};
 pub use files::{
     HOUR, corrupt_path, dumping, listing, now_ms, on_disk, started_on, temp_dump, temp_files,
     write_dump,
