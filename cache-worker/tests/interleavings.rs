@@ -60,12 +60,7 @@ async fn concurrent_misses_of_one_key_share_one_load() {
     const AT_ONCE: u32 = 16;
     let rounds = if long_run() { 200 } else { 20 };
     let up = Gated::default();
-    let worker = Worker::builder(up.clone())
-        .bucket("coalesce")
-        .refresh(Duration::ZERO)
-        .start()
-        .await
-        .expect("start");
+    let worker = started(&up, "coalesce").await;
     for round in 0..rounds {
         let keys: Vec<u32> = (round * AT_ONCE..(round + 1) * AT_ONCE).collect();
         let holds: Vec<_> = keys.iter().map(|&key| up.0.holds.hold(key)).collect();
@@ -245,6 +240,14 @@ async fn a_load_begun_before_an_invalidate_is_not_stored() {
     worker.shutdown().await.expect("shutdown");
 }
 
+/// A trap: when `refresh_after` sees `key` get `value`, another thread writes `insert`.
+#[derive(Clone, Copy)]
+struct Trap {
+    key: u32,
+    value: u64,
+    insert: u64,
+}
+
 /// An upstream with a trap in its `refresh_after` hook: each key's current value, and the
 /// collection of its bulk load.
 #[derive(Clone, Default)]
@@ -258,13 +261,6 @@ struct TrappedShared {
     /// `insert` to the worker at that moment (between the store and its event).
     trap: Mutex<Option<Trap>>,
     handle: OnceLock<Worker<Trapped>>,
-}
-
-#[derive(Clone, Copy)]
-struct Trap {
-    key: u32,
-    value: u64,
-    insert: u64,
 }
 
 impl CacheWorker for Trapped {
@@ -310,14 +306,31 @@ impl CacheWorker for Trapped {
 async fn trapped(bulk: Option<Vec<(u32, u64)>>) -> (Trapped, Worker<Trapped>) {
     let up = Trapped::default();
     *up.0.collection.lock() = bulk;
-    let worker = Worker::builder(up.clone())
-        .bucket("scripted")
-        .refresh(Duration::ZERO)
-        .start()
-        .await
-        .expect("start");
+    let worker = started(&up, "scripted").await;
     let _ = up.0.handle.set(worker.clone());
     (up, worker)
+}
+
+/// Arms the trap `(key, value, insert)`, runs `write` (which gives the hook that value; else
+/// `what` failed), and checks that the trap was sprung and that the events sent meanwhile
+/// replay to what the bucket holds for the key.
+async fn sprung<T, E: std::fmt::Debug>(
+    up: &Trapped,
+    worker: &Worker<Trapped>,
+    (key, value, insert): (u32, u64, u64),
+    (write, what): (impl Future<Output = Result<T, E>>, &str),
+) {
+    *up.0.trap.lock() = Some(Trap { key, value, insert });
+    let mut events = worker.subscribe();
+    write.await.expect(what);
+    let seen = drain_within(&mut events, Duration::from_millis(50)).await;
+    assert!(up.0.trap.lock().is_none(), "the trap was sprung");
+    let now = worker.peek(&key).map(|v| *v);
+    assert_eq!(
+        replayed(&seen, &key),
+        now,
+        "replaying {seen:?} does not give what the bucket holds"
+    );
 }
 
 /// Events must come in the order of the writes they report: a write to a key made by another
@@ -326,21 +339,8 @@ async fn trapped(bulk: Option<Vec<(u32, u64)>>) -> (Trapped, Worker<Trapped>) {
 async fn events_follow_the_order_of_writes_to_a_key() {
     let (up, worker) = trapped(None).await;
     up.0.upstream.lock().insert(1, 100);
-    *up.0.trap.lock() = Some(Trap {
-        key: 1,
-        value: 100,
-        insert: 500,
-    });
-    let mut events = worker.subscribe();
-    worker.fetch(&1).await.expect("loaded");
-    let seen = drain_within(&mut events, Duration::from_millis(50)).await;
-    assert!(up.0.trap.lock().is_none(), "the trap was sprung");
-    let now = worker.peek(&1).map(|v| *v);
-    assert_eq!(
-        replayed(&seen, &1),
-        now,
-        "replaying {seen:?} does not give what the bucket holds"
-    );
+    let fetch = worker.fetch(&1);
+    sprung(&up, &worker, (1, 100, 500), (fetch, "loaded")).await;
     worker.shutdown().await.expect("shutdown");
 }
 
@@ -352,20 +352,7 @@ async fn events_of_a_bulk_swap_and_a_concurrent_write_stay_in_order() {
     worker.refresh_all().await.expect("first collection");
     assert_eq!(worker.peek(&1).as_deref(), Some(&10));
     *up.0.collection.lock() = Some(vec![(1, 11), (2, 21)]);
-    *up.0.trap.lock() = Some(Trap {
-        key: 1,
-        value: 11,
-        insert: 600,
-    });
-    let mut events = worker.subscribe();
-    worker.refresh_all().await.expect("second collection");
-    let seen = drain_within(&mut events, Duration::from_millis(50)).await;
-    assert!(up.0.trap.lock().is_none(), "the trap was sprung");
-    let now = worker.peek(&1).map(|v| *v);
-    assert_eq!(
-        replayed(&seen, &1),
-        now,
-        "replaying {seen:?} does not give what the bucket holds"
-    );
+    let swap = worker.refresh_all();
+    sprung(&up, &worker, (1, 11, 600), (swap, "second collection")).await;
     worker.shutdown().await.expect("shutdown");
 }
