@@ -171,12 +171,7 @@ impl<K: Clone + Send + 'static, V: Send + Sync + 'static> EventStream<K, V> {
     pub(crate) fn attaching(attach: oneshot::Receiver<EventStream<K, V>>) -> Self {
         EventStream {
             attach: Some(attach),
-            inner: None,
-            closed: None,
-            sent: Arc::default(),
-            capacity: 1,
-            missed: 0,
-            held: None,
+            ..Self::ended()
         }
     }
 
