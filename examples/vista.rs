@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use cache_worker::vista::testing::FakeVista;
 use cache_worker::vista::{Cinemas, Feed, Films, Session, Sessions, VistaClient, VistaWorker};
-use cache_worker::{Event, Worker};
+use cache_worker::{Event, StartKind, Worker};
 use futures_util::StreamExt;
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
@@ -48,8 +48,7 @@ async fn main() -> Result<(), BoxError> {
             .unwrap_or(20),
     );
     let dir = std::env::temp_dir().join("cache-worker-vista-demo");
-    // The workers write their dumps into this directory but do not create it.
-    std::fs::create_dir_all(&dir)?;
+    // The workers create this directory at start if it is missing.
 
     // A real server if configured, else the fake one in live mode.
     let real = std::env::var_os("VISTA_API_URL").is_some()
@@ -220,35 +219,31 @@ async fn start<F: Feed>(
     let began = Instant::now();
     let worker = worker.dump_dir(dir).start().await?;
     let took = ms(began.elapsed());
-    let restored = worker.stats().restored;
-    if restored > 0 {
-        println!(
+    match worker.started() {
+        StartKind::Warm { restored, .. } => println!(
             "{:<8} started warm in {took}: {restored} restored from {}.dump",
             F::BUCKET,
             F::BUCKET
-        );
-    } else {
-        println!("{:<8} started cold in {took} (no dump yet)", F::BUCKET);
+        ),
+        StartKind::Cold(why) => println!("{:<8} started cold in {took} ({why})", F::BUCKET),
+        other => println!("{:<8} started in {took}: {other:?}", F::BUCKET),
     }
     Ok(worker)
 }
 
 /// Waits, at most `limit`, for the worker's first bulk load.
 async fn wait_loaded<F: Feed>(worker: &Worker<VistaWorker<F>>, limit: Duration) {
-    let began = Instant::now();
-    while worker.stats().bulk_loads == 0 && worker.stats().load_errors == 0 {
-        if began.elapsed() > limit {
-            println!(
-                "{}: no answer from upstream after {}",
-                F::BUCKET,
-                secs(limit)
-            );
-            return;
+    match tokio::time::timeout(limit, worker.ready()).await {
+        Err(_) => println!(
+            "{}: no answer from upstream after {}",
+            F::BUCKET,
+            secs(limit)
+        ),
+        Ok(Ok(report)) if report.failed > 0 => {
+            println!("{}: the first load failed (see the log)", F::BUCKET);
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    if worker.stats().bulk_loads == 0 {
-        println!("{}: the first load failed (see the log)", F::BUCKET);
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => println!("{}: {e}", F::BUCKET),
     }
 }
 
