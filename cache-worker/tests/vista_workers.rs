@@ -31,14 +31,18 @@ async fn start_three(
     ))
 }
 
-/// A Sessions worker of `fake` dumping in `dir`, its collection loaded.
-async fn loaded_sessions(
-    fake: &FakeVista,
-    dir: &Path,
-) -> Result<Worker<Sessions>, cache_worker::Error> {
-    let sessions = Sessions::new(client(fake)).dump_dir(dir).start().await?;
+/// A fake server, and a Sessions worker of it dumping in a temp dir (kept while it lives), its
+/// collection loaded.
+async fn loaded_sessions()
+-> Result<(FakeVista, tempfile::TempDir, Worker<Sessions>), Box<dyn std::error::Error>> {
+    let fake = FakeVista::start().await;
+    let dir = tempfile::tempdir()?;
+    let sessions = Sessions::new(client(&fake))
+        .dump_dir(dir.path())
+        .start()
+        .await?;
     sessions.refresh_all().await?;
-    Ok(sessions)
+    Ok((fake, dir, sessions))
 }
 
 /// The first event about `id` that `pick` accepts, waiting at most `limit` (a bound against
@@ -62,6 +66,28 @@ where
     .await
     .ok()
     .flatten()
+}
+
+/// Waits (at most `limit`) for the `Removed` event of session `id`, and checks it is gone from
+/// `sessions`, which held `count` sessions. Gives the cause.
+async fn removed<S>(
+    (sessions, count): (&Worker<Sessions>, usize),
+    events: &mut S,
+    limit: Duration,
+    id: &str,
+) -> RemovalCause
+where
+    S: futures_util::Stream<Item = Event<String, Session>> + Unpin,
+{
+    let cause = next_event(events, limit, |event| match event {
+        Event::Removed { key, cause, .. } if key == id => Some(*cause),
+        _ => None,
+    })
+    .await
+    .expect("a Removed event for the session");
+    assert!(sessions.peek(id).is_none());
+    assert_eq!(sessions.len(), count - 1);
+    cause
 }
 
 /// The session that starts last: it is never polled on its own within a test (its poll
@@ -131,9 +157,7 @@ async fn all_three_load_and_map() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn seat_change_after_a_bulk_reload_is_an_update() -> TestResult {
-    let fake = FakeVista::start().await;
-    let dir = tempfile::tempdir()?;
-    let sessions = loaded_sessions(&fake, dir.path()).await?;
+    let (fake, _dir, sessions) = loaded_sessions().await?;
     let id = &latest_session(&sessions);
     let before = sessions.peek(id).expect("loaded").seats_available;
     let seats = before + 7;
@@ -165,9 +189,7 @@ async fn seat_change_after_a_bulk_reload_is_an_update() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn seat_change_close_to_the_showtime_is_polled() -> TestResult {
-    let fake = FakeVista::start().await;
-    let dir = tempfile::tempdir()?;
-    let sessions = loaded_sessions(&fake, dir.path()).await?;
+    let (fake, _dir, sessions) = loaded_sessions().await?;
 
     // The earliest show starts about 5 minutes from now: it is polled every 10 s.
     let tz = fake.time_zone().clone();
@@ -202,11 +224,8 @@ async fn seat_change_close_to_the_showtime_is_polled() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn removed_upstream_is_gone() -> TestResult {
-    let fake = FakeVista::start().await;
-    let dir = tempfile::tempdir()?;
-    let sessions = loaded_sessions(&fake, dir.path()).await?;
-    let count = sessions.len();
-    let id = &latest_session(&sessions);
+    let (fake, _dir, sessions) = loaded_sessions().await?;
+    let (count, id) = (sessions.len(), &latest_session(&sessions));
     assert!(sessions.peek(id).is_some());
 
     let mut events = sessions.subscribe();
@@ -214,25 +233,15 @@ async fn removed_upstream_is_gone() -> TestResult {
     let report = sessions.refresh_all().await?;
     assert_eq!(report.removed, 1, "{report:?}");
 
-    let cause = next_event(&mut events, Duration::from_secs(10), |event| match event {
-        Event::Removed { key, cause, .. } if key == id => Some(*cause),
-        _ => None,
-    })
-    .await
-    .expect("a Removed event for the session");
+    let cause = removed((&sessions, count), &mut events, Duration::from_secs(10), id).await;
     assert_eq!(cause, RemovalCause::Gone);
-    assert!(sessions.peek(id).is_none());
-    assert_eq!(sessions.len(), count - 1);
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_session_expires_twenty_minutes_after_its_showtime() -> TestResult {
-    let fake = FakeVista::start().await;
-    let dir = tempfile::tempdir()?;
-    let sessions = loaded_sessions(&fake, dir.path()).await?;
-    let count = sessions.len();
-    let id = &latest_session(&sessions);
+    let (fake, _dir, sessions) = loaded_sessions().await?;
+    let (count, id) = (sessions.len(), &latest_session(&sessions));
 
     // Reschedule it so that it started 20 minutes minus 2 seconds ago: it expires in 2 s.
     let started = fake
@@ -247,15 +256,8 @@ async fn a_session_expires_twenty_minutes_after_its_showtime() -> TestResult {
     assert_eq!(report.updated, 1, "{report:?}");
     assert_eq!(sessions.peek(id).expect("still there").showtime, started);
 
-    let cause = next_event(&mut events, Duration::from_secs(30), |event| match event {
-        Event::Removed { key, cause, .. } if key == id => Some(*cause),
-        _ => None,
-    })
-    .await
-    .expect("a Removed event for the session");
+    let cause = removed((&sessions, count), &mut events, Duration::from_secs(30), id).await;
     assert_eq!(cause, RemovalCause::Expired);
-    assert!(sessions.peek(id).is_none());
-    assert_eq!(sessions.len(), count - 1);
     assert!(sessions.stats().expired >= 1);
 
     // Vista still lists it, but a reload does not bring an expired session back.
@@ -273,11 +275,8 @@ async fn a_session_expires_twenty_minutes_after_its_showtime() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_outage_removes_nothing_and_recovers() -> TestResult {
-    let fake = FakeVista::start().await;
-    let dir = tempfile::tempdir()?;
-    let sessions = loaded_sessions(&fake, dir.path()).await?;
-    let count = sessions.len();
-    let id = &latest_session(&sessions);
+    let (fake, _dir, sessions) = loaded_sessions().await?;
+    let (count, id) = (sessions.len(), &latest_session(&sessions));
     let seats = sessions.peek(id).expect("loaded").seats_available;
 
     fake.fail_until_cleared();
