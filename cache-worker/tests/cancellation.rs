@@ -16,7 +16,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use cache_worker::{CacheWorker, Entries, Event, FetchError, RemovalCause};
-use common::{Reply, Timeline, Upstream, builder, drain, key, poll_once, started};
+use common::{Reply, Timeline, Upstream, drain, key, poll_once, started, started_with};
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
@@ -238,11 +238,7 @@ async fn a_hung_load_times_out_for_every_waiter_at_once() {
     let up = Upstream::new();
     up.set("hung", Reply::Hang);
     let timeout = Duration::from_secs(3);
-    let worker = builder(&up, "hung-waiters")
-        .load_timeout(timeout)
-        .start()
-        .await
-        .expect("start");
+    let worker = started_with(&up, "hung-waiters", |b| b.load_timeout(timeout)).await;
     let began = Instant::now();
     let waiters: Vec<_> = (0..10)
         .map(|_| {
@@ -271,15 +267,9 @@ async fn a_hung_load_times_out_for_every_waiter_at_once() {
 /// failure, and the old value stays.
 #[tokio::test(start_paused = true)]
 async fn a_hung_reload_keeps_the_old_value_and_ends_the_cycle_at_the_timeout() {
-    let up = Upstream::new();
-    up.set_value("a", 1);
-    up.set_value("b", 2);
+    let up = Upstream::with_values(&[("a", 1), ("b", 2)]);
     let timeout = Duration::from_secs(4);
-    let worker = builder(&up, "hung-reload")
-        .load_timeout(timeout)
-        .start()
-        .await
-        .expect("start");
+    let worker = started_with(&up, "hung-reload", |b| b.load_timeout(timeout)).await;
     worker.fetch(&key("a")).await.expect("a");
     worker.fetch(&key("b")).await.expect("b");
     up.set("a", Reply::Hang);
@@ -329,11 +319,7 @@ async fn a_hung_bulk_load_keeps_the_collection() {
     let up = HangingBulk::default();
     *up.collection.lock() = Some(vec![(1, 10), (2, 20)]);
     let timeout = Duration::from_secs(5);
-    let worker = builder(&up, "hung-bulk")
-        .load_timeout(timeout)
-        .start()
-        .await
-        .expect("start");
+    let worker = started_with(&up, "hung-bulk", |b| b.load_timeout(timeout)).await;
     worker.refresh_all().await.expect("first collection");
     assert_eq!(worker.len(), 2);
     *up.collection.lock() = None;
@@ -355,13 +341,8 @@ async fn a_hung_bulk_load_keeps_the_collection() {
 /// 20 s pushes the next one back by 20 s.
 #[tokio::test(start_paused = true)]
 async fn the_refresh_interval_counts_from_the_end_of_the_previous_cycle() {
-    let up = Upstream::new();
-    up.set_value("a", 1);
-    let worker = builder(&up, "interval")
-        .refresh(Duration::from_secs(60))
-        .start()
-        .await
-        .expect("start");
+    let up = Upstream::with_values(&[("a", 1)]);
+    let worker = started_with(&up, "interval", |b| b.refresh(Duration::from_secs(60))).await;
     let timeline = Timeline::begin();
     worker.fetch(&key("a")).await.expect("a");
     up.set_delay(Duration::from_secs(20));
@@ -389,16 +370,14 @@ async fn the_refresh_interval_counts_from_the_end_of_the_previous_cycle() {
 /// the entry still expires on time, and is not reloaded after.
 #[tokio::test(start_paused = true)]
 async fn an_entry_whose_reloads_fail_or_hang_still_expires_on_time() {
-    let up = Upstream::new();
-    up.set_value("e", 1);
+    let up = Upstream::with_values(&[("e", 1)]);
     *up.refresh_after.lock() = Some(Duration::from_secs(10));
     *up.expire_after.lock() = Some(Duration::from_secs(30));
-    let worker = builder(&up, "expiry-under-failure")
-        .load_timeout(Duration::from_secs(4))
-        .retry_backoff(Duration::from_secs(1), Duration::from_secs(2))
-        .start()
-        .await
-        .expect("start");
+    let worker = started_with(&up, "expiry-under-failure", |b| {
+        b.load_timeout(Duration::from_secs(4))
+            .retry_backoff(Duration::from_secs(1), Duration::from_secs(2))
+    })
+    .await;
     let mut events = worker.subscribe();
     let timeline = Timeline::begin();
     worker.fetch(&key("e")).await.expect("e");
@@ -447,8 +426,7 @@ async fn an_entry_whose_reloads_fail_or_hang_still_expires_on_time() {
 /// bring it back.
 #[tokio::test(start_paused = true)]
 async fn an_entry_that_expires_while_it_reloads_stays_expired() {
-    let up = Upstream::new();
-    up.set_value("x", 1);
+    let up = Upstream::with_values(&[("x", 1)]);
     *up.refresh_after.lock() = Some(Duration::from_secs(28));
     *up.expire_after.lock() = Some(Duration::from_secs(30));
     let worker = started(&up, "expiry-during-reload").await;

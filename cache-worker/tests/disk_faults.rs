@@ -206,8 +206,7 @@ struct Seen {
 async fn survive(dir: &Path, file: &Path, fault: Fault<'_>) -> Seen {
     let name = fault.name.clone();
     let (logs, _logging) = Logs::capture();
-    let up = Upstream::new();
-    up.set_value("u", 7);
+    let up = Upstream::with_values(&[("u", 7)]);
     let w = start(&up, file).await;
     w.insert(key("a"), 1);
     w.insert(key("b"), 2);
@@ -434,8 +433,7 @@ async fn a_damaged_dump_in_a_read_only_directory_is_a_cold_start_and_stays_in_pl
     ro.set(true);
     assert!(!writable(&dir), "{}: the directory is read-only", ro.name());
     let (logs, _logging) = Logs::capture();
-    let up = Upstream::new();
-    up.set_value("a", 1);
+    let up = Upstream::with_values(&[("a", 1)]);
     let w = start(&up, &file).await;
     assert_eq!(w.len(), 0, "{}: a cold start", ro.name());
     assert_eq!(w.stats().restored, 0);
@@ -511,8 +509,7 @@ async fn a_dump_path_that_is_a_directory_is_left_alone_until_it_is_gone() {
     std::fs::write(file.join("keep.txt"), b"precious").expect("write");
     let (logs, _logging) = Logs::capture();
 
-    let up = Upstream::new();
-    up.set_value("u", 7);
+    let up = Upstream::with_values(&[("u", 7)]);
     let w = start(&up, &file).await;
     assert_eq!(w.len(), 0, "a cold start");
     assert_eq!(*w.fetch(&key("u")).await.expect("serves"), 7);

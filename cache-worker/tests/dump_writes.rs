@@ -30,8 +30,7 @@ async fn disabled(up: &Upstream, bucket: &str, file: &Path) -> Worker<Upstream> 
 /// `a` is 1.
 async fn disabled_over_a() -> (TempDir, PathBuf, Upstream, Worker<Upstream>) {
     let (dir, file) = temp_dump("off.dump");
-    let up = Upstream::new();
-    up.set_value("a", 1);
+    let up = Upstream::with_values(&[("a", 1)]);
     let w = disabled(&up, "off", &file).await;
     (dir, file, up, w)
 }

@@ -224,8 +224,7 @@ async fn expiring(up: &Upstream) -> Worker<Upstream> {
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_read_never_returns_an_entry_past_its_expiry_even_when_the_timer_is_late() {
-    let up = Upstream::new();
-    up.set_value("a", 1);
+    let up = Upstream::with_values(&[("a", 1)]);
     let worker = expiring(&up).await;
     let mut events = worker.subscribe();
     assert_eq!(worker.fetch(&key("a")).await.ok().as_deref(), Some(&1));
@@ -257,8 +256,7 @@ async fn a_read_never_returns_an_entry_past_its_expiry_even_when_the_timer_is_la
 
 #[tokio::test(flavor = "current_thread")]
 async fn after_shutdown_an_expired_entry_is_not_served() {
-    let up = Upstream::new();
-    up.set_value("a", 1);
+    let up = Upstream::with_values(&[("a", 1)]);
     let worker = expiring(&up).await;
     assert_eq!(worker.get(&key("a")).await.as_deref(), Some(&1));
     worker.shutdown().await.expect("shutdown");

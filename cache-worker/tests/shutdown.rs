@@ -11,7 +11,7 @@ use std::time::Duration;
 use cache_worker::{FetchError, Worker};
 use common::{
     Reply, Upstream, builder, key, on_disk, poll_once, settle, spawn_fetch, spawn_refresh_all,
-    started, temp_dump, until,
+    started, started_with, temp_dump, until,
 };
 use futures_util::StreamExt;
 use tokio::time::Instant;
@@ -111,13 +111,12 @@ async fn shutdown_gives_up_on_a_hung_load_at_the_shutdown_timeout() {
     let up = Upstream::new();
     up.set("hung", Reply::Hang);
     let load_timeout = Duration::from_secs(3600);
-    let worker = builder(&up, "hung")
-        .file(&file)
-        .load_timeout(load_timeout)
-        .shutdown_timeout(Duration::from_secs(5))
-        .start()
-        .await
-        .expect("start");
+    let worker = started_with(&up, "hung", |b| {
+        b.file(&file)
+            .load_timeout(load_timeout)
+            .shutdown_timeout(Duration::from_secs(5))
+    })
+    .await;
     for i in 0..100 {
         up.set_value(&format!("k{i}"), i);
         worker.insert(format!("k{i}"), i);
@@ -156,8 +155,7 @@ async fn shutdown_gives_up_on_a_hung_load_at_the_shutdown_timeout() {
 /// A worker on a file that has dumped `a`, then got `b` (not yet on disk: the writer waits an
 /// hour), with a 3 s load in flight.
 async fn shutdown_scene(file: &Path) -> (Upstream, Worker<Upstream>) {
-    let up = Upstream::new();
-    up.set_value("slow", 3);
+    let up = Upstream::with_values(&[("slow", 3)]);
     let worker = on_file(&up, "scene", file).await;
     worker.insert(key("a"), 1);
     first_dump_written(&worker).await;

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cache_worker::{Event, FetchError, RemovalCause, Worker};
-use common::{Reply, Upstream, builder, drain, drain_within, key, settle, spawn_fetch, started};
+use common::{
+    Reply, Upstream, drain, drain_within, key, settle, spawn_fetch, started, started_with,
+};
 use futures_util::StreamExt;
 
 async fn start(upstream: &Upstream) -> Worker<Upstream> {
@@ -15,9 +17,7 @@ async fn start(upstream: &Upstream) -> Worker<Upstream> {
 
 #[tokio::test]
 async fn get_fetch_peek_keys() {
-    let up = Upstream::new();
-    up.set_value("a", 1);
-    up.set_value("b", 2);
+    let up = Upstream::with_values(&[("a", 1), ("b", 2)]);
     let w = start(&up).await;
 
     assert_eq!(w.peek("a"), None, "peek never loads");
@@ -72,8 +72,7 @@ async fn load_error_panic_and_not_found_store_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_concurrent_misses_share_one_load() {
-    let up = Upstream::new();
-    up.set_value("hot", 42);
+    let up = Upstream::with_values(&[("hot", 42)]);
     up.set_delay(Duration::from_millis(50));
     let w = start(&up).await;
 
@@ -107,8 +106,7 @@ async fn a_panicking_load_gives_every_waiter_the_error_once() {
 
 #[tokio::test(start_paused = true)]
 async fn a_cancelled_fetch_cancels_nothing_for_the_others() {
-    let up = Upstream::new();
-    up.set_value("k", 5);
+    let up = Upstream::with_values(&[("k", 5)]);
     up.set_delay(Duration::from_secs(1));
     let w = start(&up).await;
 
@@ -136,11 +134,7 @@ async fn a_cancelled_fetch_cancels_nothing_for_the_others() {
 async fn the_load_timeout_gives_timeout_and_stores_nothing() {
     let up = Upstream::new();
     up.set("slow", Reply::Hang);
-    let w = builder(&up, "timeouts")
-        .load_timeout(Duration::from_secs(3))
-        .start()
-        .await
-        .expect("start");
+    let w = started_with(&up, "timeouts", |b| b.load_timeout(Duration::from_secs(3))).await;
     let err = w.fetch(&key("slow")).await.expect_err("timeout");
     assert!(
         matches!(err, FetchError::Timeout(d) if d == Duration::from_secs(3)),
@@ -159,12 +153,11 @@ async fn periodic_refresh_reloads_every_key_and_keeps_old_values_on_error() {
     for (k, v) in [("a", 1), ("b", 2), ("c", 3)] {
         up.set_value(k, v);
     }
-    let w = builder(&up, "periodic")
-        .refresh(Duration::from_secs(60))
-        .retry_backoff(Duration::from_secs(5), Duration::from_secs(20))
-        .start()
-        .await
-        .expect("start");
+    let w = started_with(&up, "periodic", |b| {
+        b.refresh(Duration::from_secs(60))
+            .retry_backoff(Duration::from_secs(5), Duration::from_secs(20))
+    })
+    .await;
     for k in ["a", "b", "c"] {
         w.fetch(&key(k)).await.expect("load");
     }
@@ -227,8 +220,7 @@ async fn periodic_refresh_reloads_every_key_and_keeps_old_values_on_error() {
 
 #[tokio::test(start_paused = true)]
 async fn refresh_all_runs_a_cycle_now_and_reports_it() {
-    let up = Upstream::new();
-    up.set_value("x", 1);
+    let up = Upstream::with_values(&[("x", 1)]);
     let w = start(&up).await;
     w.fetch(&key("x")).await.expect("x");
     up.set_value("x", 2);
@@ -240,8 +232,7 @@ async fn refresh_all_runs_a_cycle_now_and_reports_it() {
 
 #[tokio::test(start_paused = true)]
 async fn per_entry_expiry_and_refresh_follow_the_clock() {
-    let up = Upstream::new();
-    up.set_value("e", 1);
+    let up = Upstream::with_values(&[("e", 1)]);
     *up.expire_after.lock() = Some(Duration::from_secs(30));
     let w = start(&up).await;
     let mut events = w.subscribe();
@@ -306,11 +297,7 @@ async fn a_bulk_reload_never_stores_an_entry_that_has_already_expired() {
 async fn bulk_load_swaps_the_collection_and_reports_the_difference() {
     let up = Upstream::new();
     up.set_collection(&[("a", 1), ("b", 2), ("c", 3)]);
-    let w = builder(&up, "bulk")
-        .refresh(Duration::from_secs(3600))
-        .start()
-        .await
-        .expect("start");
+    let w = started_with(&up, "bulk", |b| b.refresh(Duration::from_secs(3600))).await;
     // The first bulk load runs right after a cold start.
     let mut events = w.subscribe();
     for _ in 0..100 {
@@ -414,8 +401,7 @@ async fn a_subscriber_that_falls_behind_is_told_how_much_it_missed() {
 
 #[tokio::test]
 async fn fetch_unsaved_then_insert_commits() {
-    let up = Upstream::new();
-    up.set_value("v", 3);
+    let up = Upstream::with_values(&[("v", 3)]);
     let w = start(&up).await;
     let fetched = w.fetch_unsaved(&key("v")).await.expect("loaded");
     assert!(fetched.loaded);
@@ -428,8 +414,7 @@ async fn fetch_unsaved_then_insert_commits() {
 
 #[tokio::test]
 async fn cache_disabled_loads_every_time_and_stores_nothing() {
-    let up = Upstream::new();
-    up.set_value("v", 3);
+    let up = Upstream::with_values(&[("v", 3)]);
     let w = Worker::builder(up.clone())
         .bucket("bypass")
         .cache_enabled(false)
@@ -446,9 +431,7 @@ async fn cache_disabled_loads_every_time_and_stores_nothing() {
 
 #[tokio::test]
 async fn after_shutdown_hits_are_served_and_misses_do_not_load() {
-    let up = Upstream::new();
-    up.set_value("a", 1);
-    up.set_value("b", 2);
+    let up = Upstream::with_values(&[("a", 1), ("b", 2)]);
     let w = start(&up).await;
     w.fetch(&key("a")).await.expect("a");
     w.shutdown().await.expect("shutdown");
@@ -474,13 +457,8 @@ async fn invalid_settings_are_start_errors() {
 
 #[tokio::test(start_paused = true)]
 async fn dropping_the_last_handle_stops_the_background_tasks() {
-    let up = Upstream::new();
-    up.set_value("a", 1);
-    let w = builder(&up, "dropped")
-        .refresh(Duration::from_secs(1))
-        .start()
-        .await
-        .expect("start");
+    let up = Upstream::with_values(&[("a", 1)]);
+    let w = started_with(&up, "dropped", |b| b.refresh(Duration::from_secs(1))).await;
     w.fetch(&key("a")).await.expect("a");
     let second = w.clone();
     drop(w);

@@ -22,6 +22,15 @@ pub async fn started<W: CacheWorker + Clone>(up: &W, bucket: &str) -> Worker<W> 
     builder(up, bucket).start().await.expect("start")
 }
 
+/// [`builder`] with what `configure` sets, started.
+pub async fn started_with<W: CacheWorker + Clone>(
+    up: &W,
+    bucket: &str,
+    configure: impl FnOnce(Builder<W>) -> Builder<W>,
+) -> Worker<W> {
+    configure(builder(up, bucket)).start().await.expect("start")
+}
+
 /// `worker.fetch(key)` on a task of its own.
 pub fn spawn_fetch(
     worker: &Worker<Upstream>,

@@ -65,6 +65,15 @@ impl Upstream {
         Self::default()
     }
 
+    /// An upstream where each of `values`' keys answers its value.
+    pub fn with_values(values: &[(&str, u64)]) -> Self {
+        let up = Self::new();
+        for (key, value) in values {
+            up.set_value(key, *value);
+        }
+        up
+    }
+
     pub fn set(&self, key: &str, reply: Reply) {
         self.replies.lock().insert(key.to_owned(), reply);
     }
