@@ -393,10 +393,7 @@ impl ReadOnly {
 
 #[tokio::test]
 async fn a_read_only_dump_directory_fails_the_write_and_keeps_the_last_dump() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let dir = tmp.path().join("ro");
-    std::fs::create_dir(&dir).expect("mkdir");
-    let file = dir.join("ro.dump");
+    let (_tmp, dir, file) = common::temp_folder("ro");
     let ro = ReadOnly::prepare(&dir);
     let fault = Fault {
         name: ro.name().to_owned(),
@@ -424,10 +421,7 @@ async fn a_read_only_dump_directory_fails_the_write_and_keeps_the_last_dump() {
 #[tokio::test]
 async fn a_damaged_dump_in_a_read_only_directory_is_a_cold_start_and_stays_in_place() {
     // The damaged dump cannot be moved to `.corrupt`: the start must still succeed, cold.
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let dir = tmp.path().join("ro");
-    std::fs::create_dir(&dir).expect("mkdir");
-    let file = dir.join("ro.dump");
+    let (_tmp, dir, file) = common::temp_folder("ro");
     let ro = ReadOnly::prepare(&dir);
     std::fs::write(&file, b"CWDUMP\0\n damaged").expect("write");
     ro.set(true);

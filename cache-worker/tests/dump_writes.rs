@@ -200,10 +200,7 @@ async fn a_failing_write_keeps_the_previous_dump() {
 async fn a_read_only_directory_fails_the_write_and_keeps_the_previous_dump() {
     use std::os::unix::fs::PermissionsExt;
 
-    let dir = tempfile::tempdir().expect("tempdir");
-    let sub = dir.path().join("ro");
-    std::fs::create_dir(&sub).expect("mkdir");
-    let file = sub.join("ro.dump");
+    let (_dir, sub, file) = common::temp_folder("ro");
     let w = started_on(&Upstream::new(), "ro", &file).await;
     w.insert(key("a"), 1);
     w.dump().await.expect("good dump");
@@ -322,8 +319,7 @@ async fn a_run_with_the_cache_disabled_does_not_turn_the_next_cold_start_warm() 
     let off = disabled(&up, "offseed", &file).await;
     off.shutdown().await.expect("shutdown");
 
-    let up2 = Upstream::new();
-    *up2.seed.lock() = Some(Ok(vec![(key("s"), 1)]));
+    let up2 = Upstream::with_seed(Some(Ok(vec![(key("s"), 1)])));
     let on = started_on(&up2, "offseed", &file).await;
     assert_eq!(
         up2.seeds.load(Ordering::SeqCst),
@@ -337,8 +333,7 @@ async fn a_run_with_the_cache_disabled_does_not_turn_the_next_cold_start_warm() 
 #[tokio::test]
 async fn a_disabled_cache_keeps_nothing_from_the_seed() {
     let (_dir, file) = temp_dump("off-keep.dump");
-    let up = Upstream::new();
-    *up.seed.lock() = Some(Ok(vec![(key("s"), 1)]));
+    let up = Upstream::with_seed(Some(Ok(vec![(key("s"), 1)])));
     up.set_value("s", 2);
     let w = disabled(&up, "offkeep", &file).await;
     assert_eq!(w.peek("s"), None);

@@ -276,8 +276,7 @@ async fn after_shutdown_an_expired_entry_is_not_served() {
 #[tokio::test]
 async fn an_empty_dump_is_a_cold_start_and_seeding_runs_again() {
     let (_dir, file) = temp_dump("d5.dump");
-    let up = Upstream::new();
-    *up.seed.lock() = Some(Err(SeedFailure::Skip));
+    let up = Upstream::with_seed(Some(Err(SeedFailure::Skip)));
     let start = || builder(&up, "d5").file(&file).start();
     let first = start().await.expect("start");
     assert_eq!(first.started(), &StartKind::Cold(ColdStart::NotFound));

@@ -241,8 +241,7 @@ async fn entries_that_expired_while_down_are_not_restored() {
 async fn seeding_runs_on_a_cold_start_only() {
     let (_dir, file) = temp_dump("seed.dump");
 
-    let up = Upstream::new();
-    *up.seed.lock() = Some(Ok(vec![(key("s1"), 1), (key("s2"), 2)]));
+    let up = Upstream::with_seed(Some(Ok(vec![(key("s1"), 1), (key("s2"), 2)])));
     let w = started_on(&up, "seed", &file).await;
     assert_eq!(up.seeds.load(Ordering::SeqCst), 1, "a cold start seeds");
     assert_eq!(w.peek("s1").as_deref(), Some(&1));
@@ -252,8 +251,7 @@ async fn seeding_runs_on_a_cold_start_only() {
     assert_eq!(up.total_loads(), 0, "seeded entries are not loaded");
     w.shutdown().await.expect("shutdown");
 
-    let up2 = Upstream::new();
-    *up2.seed.lock() = Some(Ok(vec![(key("s3"), 3)]));
+    let up2 = Upstream::with_seed(Some(Ok(vec![(key("s3"), 3)])));
     let w2 = started_on(&up2, "seed", &file).await;
     assert_eq!(
         up2.seeds.load(Ordering::SeqCst),
@@ -270,8 +268,7 @@ async fn seeding_runs_on_a_cold_start_only() {
 #[tokio::test]
 async fn a_seed_that_skips_starts_empty() {
     let (_dir, file) = temp_dump("skip.dump");
-    let up = Upstream::new();
-    *up.seed.lock() = Some(Err(SeedFailure::Skip));
+    let up = Upstream::with_seed(Some(Err(SeedFailure::Skip)));
     let w = started_on(&up, "skip", &file).await;
     assert_eq!(up.seeds.load(Ordering::SeqCst), 1);
     assert_eq!(w.len(), 0);
@@ -285,8 +282,7 @@ async fn a_seed_that_skips_starts_empty() {
 #[tokio::test]
 async fn a_seed_that_aborts_fails_the_start() {
     let (_dir, file) = temp_dump("abort.dump");
-    let up = Upstream::new();
-    *up.seed.lock() = Some(Err(SeedFailure::Abort));
+    let up = Upstream::with_seed(Some(Err(SeedFailure::Abort)));
     match dumping(&up, "abort", &file).start().await {
         Err(Error::SeedAborted { bucket, source }) => {
             assert_eq!(bucket, "abort");

@@ -98,3 +98,12 @@ pub fn temp_dump(name: &str) -> (tempfile::TempDir, PathBuf) {
     let file = dir.path().join(name);
     (dir, file)
 }
+
+/// A new temp dir holding an empty folder `sub`, that folder, and the path of `<sub>.dump` in it.
+pub fn temp_folder(sub: &str) -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join(sub);
+    std::fs::create_dir(&dir).expect("mkdir");
+    let file = dir.join(format!("{sub}.dump"));
+    (tmp, dir, file)
+}

@@ -22,7 +22,7 @@ pub mod wait;
 pub use events::{Replica, drain, drain_within, replayed};
 pub use files::{
     HOUR, corrupt_path, dumping, listing, now_ms, on_disk, started_on, temp_dump, temp_files,
-    write_dump,
+    temp_folder, write_dump,
 };
 pub use hold::{Hold, Holds};
 pub use random::{Problems, Rng, handed_out, long_run};

@@ -65,6 +65,13 @@ impl Upstream {
         Self::default()
     }
 
+    /// An upstream whose `seed` answers `seed`.
+    pub fn with_seed(seed: Seed) -> Self {
+        let up = Self::new();
+        *up.seed.lock() = seed;
+        up
+    }
+
     /// An upstream where each of `values`' keys answers its value.
     pub fn with_values(values: &[(&str, u64)]) -> Self {
         let up = Self::new();
