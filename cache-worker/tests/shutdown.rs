@@ -36,6 +36,13 @@ async fn first_dump_written(worker: &Worker<Upstream>) {
     .await;
 }
 
+/// Shuts `worker` down; how long that took.
+async fn timed_shutdown(worker: &Worker<Upstream>) -> Duration {
+    let began = Instant::now();
+    worker.shutdown().await.expect("shutdown");
+    began.elapsed()
+}
+
 /// Shutdown while loads, the background writer and an explicit dump are in flight: it waits
 /// for the loads, and the final dump holds everything stored before it, including the writes
 /// made after the in-flight dump took its copy. The restart is warm with all of it.
@@ -66,9 +73,7 @@ async fn shutdown_with_loads_and_dumps_in_flight_loses_nothing() {
     for i in 5_000..6_000 {
         worker.insert(format!("k{i}"), i);
     }
-    let began = Instant::now();
-    worker.shutdown().await.expect("shutdown");
-    let waited = began.elapsed();
+    let waited = timed_shutdown(&worker).await;
     assert!(
         waited >= Duration::from_millis(1_900) && waited < Duration::from_secs(5),
         "shutdown waited {waited:?} for 2 s loads (timeout 5 s)"
@@ -128,9 +133,7 @@ async fn shutdown_gives_up_on_a_hung_load_at_the_shutdown_timeout() {
     assert_eq!(up.loads_of("hung"), 1);
     assert_eq!(up.loads_of("k0"), 1, "the cycle is stuck on k0");
 
-    let began = Instant::now();
-    worker.shutdown().await.expect("shutdown");
-    let waited = began.elapsed();
+    let waited = timed_shutdown(&worker).await;
     assert!(
         waited >= Duration::from_secs(5) && waited < Duration::from_secs(6),
         "shutdown took {waited:?} with a 5 s shutdown timeout"

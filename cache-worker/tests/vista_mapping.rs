@@ -298,25 +298,21 @@ fn session_at(showtime: jiff::civil::DateTime) -> Session {
 #[test]
 fn showtimes_are_local_and_correct_across_daylight_saving() -> TestResult {
     let tz = berlin();
-    // Winter: UTC+1; summer: UTC+2.
-    assert_eq!(
-        session_at(date(2019, 1, 10).at(20, 0, 0, 0)).starts_at(&tz)?,
-        "2019-01-10T19:00:00Z".parse::<Timestamp>()?
-    );
-    assert_eq!(
-        session_at(date(2019, 4, 23).at(21, 0, 0, 0)).starts_at(&tz)?,
-        "2019-04-23T19:00:00Z".parse::<Timestamp>()?
-    );
-    // Spring gap: 02:30 does not exist; it is moved forward by the gap to 03:30 CEST.
-    assert_eq!(
-        session_at(date(2025, 3, 30).at(2, 30, 0, 0)).starts_at(&tz)?,
-        "2025-03-30T01:30:00Z".parse::<Timestamp>()?
-    );
-    // Autumn fold: 02:30 exists twice; the earlier one (still CEST) is taken.
-    assert_eq!(
-        session_at(date(2025, 10, 26).at(2, 30, 0, 0)).starts_at(&tz)?,
-        "2025-10-26T00:30:00Z".parse::<Timestamp>()?
-    );
+    for (local, utc) in [
+        // Winter: UTC+1; summer: UTC+2.
+        (date(2019, 1, 10).at(20, 0, 0, 0), "2019-01-10T19:00:00Z"),
+        (date(2019, 4, 23).at(21, 0, 0, 0), "2019-04-23T19:00:00Z"),
+        // Spring gap: 02:30 does not exist; it is moved forward by the gap to 03:30 CEST.
+        (date(2025, 3, 30).at(2, 30, 0, 0), "2025-03-30T01:30:00Z"),
+        // Autumn fold: 02:30 exists twice; the earlier one (still CEST) is taken.
+        (date(2025, 10, 26).at(2, 30, 0, 0), "2025-10-26T00:30:00Z"),
+    ] {
+        assert_eq!(
+            session_at(local).starts_at(&tz)?,
+            utc.parse::<Timestamp>()?,
+            "{local}"
+        );
+    }
     // From midnight to 03:00 on the spring-forward night is 2 real hours, not 3.
     let now: Timestamp = "2025-03-29T23:00:00Z".parse()?;
     let session = session_at(date(2025, 3, 30).at(3, 0, 0, 0));

@@ -10,7 +10,7 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use cache_worker::Error;
+use cache_worker::{Error, Worker};
 use common::{
     SeedFailure, Upstream, dumping, eventually, key, now_ms, settle, started_on, temp_dump,
     write_dump,
@@ -19,6 +19,14 @@ use common::{
 // ---------------------------------------------------------------------------------------------
 // A dump survives a restart
 // ---------------------------------------------------------------------------------------------
+
+/// Checks that `w` restored `k0..k<n>` (`ki` = i) from its dump and serves them now (`why`).
+fn assert_serves_restored(w: &Worker<Upstream>, n: u64, why: &str) {
+    assert_eq!(w.stats().restored, n);
+    for i in 0..n {
+        assert_eq!(w.peek(&format!("k{i}")).as_deref(), Some(&i), "k{i}: {why}");
+    }
+}
 
 #[tokio::test]
 async fn a_dump_survives_a_restart_and_the_next_start_is_warm() {
@@ -99,14 +107,7 @@ async fn stale_restored_entries_are_revalidated_in_the_background() {
         .await
         .expect("start");
     // Current-thread runtime: nothing in the background ran yet. The old values answer at once.
-    assert_eq!(w.stats().restored, 20);
-    for i in 0..20 {
-        assert_eq!(
-            w.peek(&format!("k{i}")).as_deref(),
-            Some(&i),
-            "k{i} old value"
-        );
-    }
+    assert_serves_restored(&w, 20, "the old value");
     assert_eq!(up.total_loads(), 0);
 
     let revalidated = eventually(|| {
@@ -157,14 +158,7 @@ async fn entry_ages_survive_a_restart() {
         up.set_value(&format!("k{i}"), i + 100);
     }
     let w = started_on(&up, "ages", &file).await; // refresh: 1 h
-    assert_eq!(w.stats().restored, 10);
-    for i in 0..10 {
-        assert_eq!(
-            w.peek(&format!("k{i}")).as_deref(),
-            Some(&i),
-            "served at once"
-        );
-    }
+    assert_serves_restored(&w, 10, "served at once");
     // The revalidation after the warm start is one (counted) cycle; the next periodic one is an
     // hour away, so every load seen here is that revalidation.
     assert!(
