@@ -373,6 +373,16 @@ pub(crate) fn prepare<W: CacheWorker>(inner: &Inner<W>) -> Result<(), Error> {
             Ok(())
         }
         Err(fs::TryLockError::WouldBlock) => Err(Error::DumpInUse { path, lock }),
+        Err(fs::TryLockError::Error(error)) if error.kind() == io::ErrorKind::Unsupported => {
+            // A file system without locks: run as before there was one, and say so.
+            tracing::warn!(
+                bucket = inner.bucket_name(),
+                path = %path.display(),
+                %error,
+                "the dump file's file system has no locks: another worker on the same file would not be refused"
+            );
+            Ok(())
+        }
         Err(fs::TryLockError::Error(source)) => Err(failed(source)),
     }
 }
