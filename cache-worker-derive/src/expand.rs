@@ -155,7 +155,7 @@ fn glue(attributes: &Attributes, target: &Target) -> TokenStream {
 
             #[doc = #doc_builder]
             #vis fn builder(self) -> #p::Builder<#ident> {
-                Self::__cache_worker_slot().builder(self, &Self::__CACHE_WORKER_ATTRIBUTES)
+                #p::Worker::builder(self).attributes(&Self::__CACHE_WORKER_ATTRIBUTES)
             }
 
             #[doc = #doc_get]

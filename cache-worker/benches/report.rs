@@ -918,7 +918,7 @@ const NOTES: &str = "
   after a deadline, so the \"1 ms\" loader sleeps 1-3 ms (the row after it gives the measured
   mean). No tokio program meets `keys / c × 1 ms` with a 1 ms `sleep`. Against the measured
   loader time and against the same loads on a bare `buffer_unordered(c)` the worker's cycle
-  has read 1.13-1.24× and 1.07-1.32× across runs on this machine (the spread is the shared
+  has read 1.13-1.24× and 1.07-1.36× across runs on this machine (the spread is the shared
   vCPUs): where the rest goes is measured and removed in issue #15.
 - **Thread scaling**: on two shared vCPUs the raw `DashMap` itself scales by about the same
   factor in the same run; when both are under 1.7×, the machine is the limit.

@@ -144,10 +144,11 @@ impl<K: Eq + Hash + Clone, V: PartialEq> Bucket<K, V> {
         entry.expires_at != NEVER && entry.expired(self.clock.now_ms())
     }
 
-    /// Notes a removal of `key` while a bulk load runs.
-    fn note_removal<Q: Hash + ?Sized>(&self, key: &Q, stamp: u64) {
+    /// Notes a removal of `key`, with a stamp of its own, while a bulk load runs.
+    fn note_removal<Q: Hash + ?Sized>(&self, key: &Q) {
         if self.bulk_loads.load(SeqCst) > 0 {
             let hash = self.removal_hasher.hash_one(key);
+            let stamp = self.stamp();
             self.removals.lock().insert(hash, stamp);
         }
     }
@@ -308,7 +309,7 @@ impl<K: Eq + Hash + Clone, V: PartialEq> Bucket<K, V> {
         let _gate = self.writers.read();
         let map = self.map.load();
         let removed = map.remove(key);
-        self.note_removal(key, self.stamp());
+        self.note_removal(key);
         removed
     }
 
@@ -321,7 +322,7 @@ impl<K: Eq + Hash + Clone, V: PartialEq> Bucket<K, V> {
         let _gate = self.writers.read();
         let map = self.map.load();
         let removed = map.remove_if(key, |_, e| keep(e))?;
-        self.note_removal(key, self.stamp());
+        self.note_removal(key);
         Some(removed)
     }
 

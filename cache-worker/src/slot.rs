@@ -9,7 +9,7 @@ use arc_swap::ArcSwapOption;
 use tokio::sync::oneshot;
 
 use crate::config::Attributes;
-use crate::{Builder, CacheWorker, Error, EventStream, FetchError, RefreshReport, Stats, Worker};
+use crate::{CacheWorker, Error, EventStream, FetchError, RefreshReport, Stats, Worker};
 
 /// One process-wide worker of type `W`, empty until started. Not for direct use: the
 /// attribute generates one per annotated type.
@@ -44,11 +44,6 @@ impl<W: CacheWorker> Slot<W> {
         Error::NotStarted {
             bucket: self.bucket.to_owned(),
         }
-    }
-
-    /// A builder with the attribute's settings as its preset.
-    pub fn builder(&self, state: W, attributes: &'static Attributes) -> Builder<W> {
-        Worker::builder(state).attributes(attributes)
     }
 
     /// Starts the process-wide worker; refused while one is running.

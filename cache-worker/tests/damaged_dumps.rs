@@ -52,6 +52,13 @@ async fn a_dump_of_another_bucket_is_refused() {
     let up = Upstream::new();
     let b = started_on(&up, "b", &file).await;
     assert_eq!(b.len(), 0, "refused: cold start");
+    assert_eq!(
+        b.started(),
+        &StartKind::Cold(ColdStart::Foreign {
+            bucket: "a".to_owned(),
+            schema: 0
+        })
+    );
     assert_eq!(b.stats().restored, 0);
     assert_eq!(b.peek("k0"), None);
     assert_eq!(

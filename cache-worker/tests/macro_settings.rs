@@ -9,7 +9,7 @@ mod common;
 
 use std::time::Duration;
 
-use cache_worker::{CacheWorker, Error, Event, cache_worker};
+use cache_worker::{CacheWorker, Error, Event, Worker, cache_worker};
 use futures_util::StreamExt;
 
 use common::{Upstream, UpstreamError, key, within};
@@ -65,6 +65,19 @@ async fn t_builder_starts_from_the_attribute_and_the_builder_wins() {
     assert_eq!(s.schema, 4, "the attribute's");
     // An instance of its own: the process-wide one is not started.
     assert!(ViaBuilder::worker().is_none());
+    worker.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn worker_builder_cannot_see_the_attribute_and_starts_from_the_defaults() {
+    let worker = Worker::builder(ViaBuilder(Upstream::new()))
+        .start()
+        .await
+        .expect("start");
+    let s = worker.settings();
+    assert_eq!(s.bucket, "viabuilder", "the type's name, lower-cased");
+    assert_eq!(s.refresh, Some(Duration::from_secs(15 * 60)), "the default");
+    assert_eq!((s.concurrency, s.schema), (16, 0), "the defaults");
     worker.shutdown().await.expect("shutdown");
 }
 

@@ -255,6 +255,32 @@ async fn a_read_never_returns_an_entry_past_its_expiry_even_when_the_timer_is_la
 }
 
 #[tokio::test(flavor = "current_thread")]
+async fn an_insert_over_an_expired_entry_reports_the_expiry_first() {
+    let up = Upstream::new();
+    let worker = expiring(&up).await;
+    let mut events = worker.subscribe();
+    worker.insert(key("a"), 1);
+    // Blocked past the deadline: the refresher cannot remove the entry first.
+    std::thread::sleep(Duration::from_millis(120));
+    worker.insert(key("a"), 1);
+    assert_eq!(
+        worker.peek("a").as_deref(),
+        Some(&1),
+        "the new entry is live"
+    );
+    assert_eq!(
+        drain(&mut events).await[..3],
+        [
+            inserted("a", 1),
+            removed("a", 1, RemovalCause::Expired),
+            inserted("a", 1)
+        ],
+        "an equal value over an expired entry is a new entry, not an Unchanged"
+    );
+    worker.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "current_thread")]
 async fn after_shutdown_an_expired_entry_is_not_served() {
     let up = Upstream::with_values(&[("a", 1)]);
     let worker = expiring(&up).await;
@@ -278,6 +304,9 @@ async fn an_empty_dump_is_a_cold_start_and_seeding_runs_again() {
     let (_dir, file) = temp_dump("d5.dump");
     let up = Upstream::with_seed(Some(Err(SeedFailure::Skip)));
     let start = || builder(&up, "d5").file(&file).start();
+    let memory_only = started(&Upstream::new(), "d5-memory").await;
+    assert_eq!(memory_only.started(), &StartKind::Cold(ColdStart::NoFile));
+    memory_only.shutdown().await.expect("shutdown");
     let first = start().await.expect("start");
     assert_eq!(first.started(), &StartKind::Cold(ColdStart::NotFound));
     first.shutdown().await.expect("shutdown"); // writes an empty dump
