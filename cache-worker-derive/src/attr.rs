@@ -28,6 +28,8 @@ const KEYS: &[(&str, &str)] = &[
     ("schema", "1"),
     ("dump_interval", "\"5s\""),
     ("cache_enabled", "false"),
+    ("delta_threshold", "10000"),
+    ("delta_ttl", "\"1h\""),
     ("crate", "\"::cache_worker\""),
 ];
 
@@ -74,6 +76,8 @@ pub(crate) struct Attributes {
     pub(crate) schema: Option<Spanned<u32>>,
     pub(crate) dump_interval: Option<Spanned<Duration>>,
     pub(crate) cache_enabled: Option<Spanned<bool>>,
+    pub(crate) delta_threshold: Option<Spanned<usize>>,
+    pub(crate) delta_ttl: Option<Spanned<Duration>>,
     /// The path of the runtime crate, `::cache_worker` unless `crate = "..."` says otherwise.
     pub(crate) krate: Option<syn::Path>,
 }
@@ -168,6 +172,10 @@ impl State {
             "schema" => a.schema = integer::<u32>(cx, key, example, &value),
             // #[cache_worker(cache_enabled = false)]
             "cache_enabled" => a.cache_enabled = boolean(cx, key, &value),
+            // #[cache_worker(delta_threshold = 10000)] (0: no changes kept, every sync is full)
+            "delta_threshold" => a.delta_threshold = integer::<usize>(cx, key, example, &value),
+            // #[cache_worker(delta_ttl = "1h")]
+            "delta_ttl" => a.delta_ttl = duration(cx, key, &value, NonZero::NotRequired),
             // #[cache_worker(crate = "::my_reexport::cache_worker")]
             "crate" => a.krate = krate(cx, &value),
             _ => unreachable_key(cx, &meta.path),

@@ -112,6 +112,14 @@ fn glue(attributes: &Attributes, target: &Target) -> TokenStream {
          start and follows the started worker (the start's own changes, such as its seed, \
          come before it attaches)."
     );
+    let doc_version = format!(
+        " The bucket's version: it moves with every change (see `Worker::version`); 0 if \
+         `{ident}` has not been started."
+    );
+    let doc_changes_since = format!(
+        " What changed in the bucket since version `since` (see `Worker::changes_since`); \
+         `Changes::Full` of nothing at version 0 if `{ident}` has not been started."
+    );
     let doc_stats = format!(
         " Counters of hits, misses, loads and failures of the running `{ident}` worker (all \
          zero if it has not been started)."
@@ -208,6 +216,18 @@ fn glue(attributes: &Attributes, target: &Target) -> TokenStream {
                 Self::__cache_worker_slot().subscribe()
             }
 
+            #[doc = #doc_version]
+            #[must_use]
+            #vis fn version() -> u64 {
+                Self::__cache_worker_slot().version()
+            }
+
+            #[doc = #doc_changes_since]
+            #[must_use]
+            #vis fn changes_since(since: #p::Option<u64>) -> #p::Changes<#key, #value> {
+                Self::__cache_worker_slot().changes_since(since)
+            }
+
             #[doc = #doc_stats]
             #[must_use]
             #vis fn stats() -> #p::Stats {
@@ -254,6 +274,10 @@ fn settings(p: &TokenStream, a: &Attributes) -> TokenStream {
         let value = b.value;
         quote_spanned!(b.span=> #value)
     });
+    let delta_threshold = option(p, a.delta_threshold.as_ref(), |n| {
+        literal(Literal::usize_suffixed(n.value), n.span)
+    });
+    let delta_ttl = option(p, a.delta_ttl.as_ref(), |d| duration(p, d));
     quote! {
         #p::Attributes {
             bucket: #bucket,
@@ -264,6 +288,8 @@ fn settings(p: &TokenStream, a: &Attributes) -> TokenStream {
             schema: #schema,
             dump_interval: #dump_interval,
             cache_enabled: #cache_enabled,
+            delta_threshold: #delta_threshold,
+            delta_ttl: #delta_ttl,
         }
     }
 }
@@ -337,6 +363,8 @@ mod tests {
         "fn keys ()",
         "fn len ()",
         "fn subscribe ()",
+        "fn version ()",
+        "fn changes_since (since :",
         "fn stats ()",
         "fn worker ()",
         "async fn refresh_all ()",

@@ -3,15 +3,21 @@
 //! ```text
 //! offset  size  field
 //! 0       8     magic "CWDUMP\0\n"
-//! 8       4     format version (u32 LE)
+//! 8       4     format version (u32 LE): 2
 //! 12      4     schema version (u32 LE): the user's version of the value type
 //! 16      8     entry count (u64 LE)
 //! 24      8     body length in bytes (u64 LE)
-//! 32      4     CRC-32 of the body (u32 LE)
-//! 36      2     bucket name length (u16 LE)
-//! 38      n     bucket name (UTF-8)
-//! 38+n    ...   body: `count` records (key, value, loaded_at ms, expires_at ms), bincode standard
+//! 32      4     CRC-32 of the bytes 36..48 and the body (u32 LE)
+//! 36      8     the bucket's version when the dump was written (u64 LE)
+//! 44      4     flags (u32 LE): bit 0 set if the records are the bucket at exactly that version
+//! 48      2     bucket name length (u16 LE)
+//! 50      n     bucket name (UTF-8)
+//! 50+n    ...   body: `count` records (key, value, loaded_at ms, expires_at ms), bincode standard
 //! ```
+//!
+//! Format 1, written before versions, is still read: it has no version and flags, its name
+//! length is at 36, its name at 38, and its checksum covers the body alone. It reads as a dump
+//! of no known version.
 //!
 //! The body is checked whole (length, then checksum in a first streaming pass) before anything
 //! is decoded, so a torn or damaged file is refused before a single value could be served, and
@@ -27,8 +33,12 @@ use serde::de::DeserializeOwned;
 use crate::bucket::Entry;
 
 const MAGIC: [u8; 8] = *b"CWDUMP\0\n";
-const FORMAT_VERSION: u32 = 1;
-const FIXED_HEADER: usize = 38;
+const FORMAT_VERSION: u32 = 2;
+/// The header fields up to the checksum, the same in every format.
+const COMMON_HEADER: usize = 36;
+/// The version and flags of format 2, under the checksum.
+const VERSION_FIELDS: usize = 12;
+const EXACT: u32 = 1;
 /// No single record may claim more than this when decoded (bounds allocations from a lying file).
 const RECORD_LIMIT: usize = 1 << 30;
 /// A dump's (unchecked) count presizes the collection for at most one record per this many
@@ -87,23 +97,46 @@ fn corrupt(why: impl Into<String>) -> ReadError {
     ReadError::Decode(DecodeError::Corrupt(why.into()))
 }
 
+/// The bucket's version a dump was written at, from its header.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct DumpVersion {
+    pub(crate) version: u64,
+    /// The records are the bucket at exactly `version`: no change was made while they were
+    /// written. Format 1 dumps, and dumps written while the bucket changed, are not.
+    pub(crate) exact: bool,
+}
+
+impl DumpVersion {
+    fn fields(self) -> [u8; VERSION_FIELDS] {
+        let mut out = [0u8; VERSION_FIELDS];
+        out[..8].copy_from_slice(&self.version.to_le_bytes());
+        let flags = if self.exact { EXACT } else { 0 };
+        out[8..].copy_from_slice(&flags.to_le_bytes());
+        out
+    }
+}
+
 pub(crate) struct Header {
     pub(crate) schema: u32,
     pub(crate) bucket: String,
     pub(crate) count: u64,
+    pub(crate) version: DumpVersion,
     body_len: u64,
     checksum: u32,
+    /// Format 2's version fields as read, which the checksum covers; `None` in format 1.
+    checked_fields: Option<[u8; VERSION_FIELDS]>,
 }
 
 impl Header {
     fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(FIXED_HEADER + self.bucket.len());
+        let mut out = Vec::with_capacity(COMMON_HEADER + VERSION_FIELDS + 2 + self.bucket.len());
         out.extend_from_slice(&MAGIC);
         out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
         out.extend_from_slice(&self.schema.to_le_bytes());
         out.extend_from_slice(&self.count.to_le_bytes());
         out.extend_from_slice(&self.body_len.to_le_bytes());
         out.extend_from_slice(&self.checksum.to_le_bytes());
+        out.extend_from_slice(&self.version.fields());
         out.extend_from_slice(&(self.bucket.len() as u16).to_le_bytes());
         out.extend_from_slice(self.bucket.as_bytes());
         out
@@ -111,7 +144,7 @@ impl Header {
 
     /// Reads the header; returns it and its length in bytes.
     fn read(input: &mut impl Read) -> Result<(Header, usize), ReadError> {
-        let mut fixed = [0u8; FIXED_HEADER];
+        let mut fixed = [0u8; COMMON_HEADER];
         read_exact_or(input, &mut fixed, "shorter than a dump header")?;
         if fixed[..8] != MAGIC {
             return Err(corrupt("not a cache-worker dump (bad magic)"));
@@ -121,12 +154,32 @@ impl Header {
         };
         let u64_at = |at: usize| (u64::from(u32_at(at + 4)) << 32) | u64::from(u32_at(at));
         let format = u32_at(8);
-        if format != FORMAT_VERSION {
-            return Err(corrupt(format!(
-                "dump format version {format}, this build reads {FORMAT_VERSION}"
-            )));
-        }
-        let name_len = usize::from(u16::from_le_bytes([fixed[36], fixed[37]]));
+        let mut len = COMMON_HEADER;
+        let (version, checked_fields) = match format {
+            1 => (DumpVersion::default(), None),
+            2 => {
+                let mut fields = [0u8; VERSION_FIELDS];
+                read_exact_or(input, &mut fields, "shorter than a dump header")?;
+                len += VERSION_FIELDS;
+                let mut version = [0u8; 8];
+                version.copy_from_slice(&fields[..8]);
+                let flags = u32::from_le_bytes([fields[8], fields[9], fields[10], fields[11]]);
+                let version = DumpVersion {
+                    version: u64::from_le_bytes(version),
+                    exact: flags & EXACT != 0,
+                };
+                (version, Some(fields))
+            }
+            _ => {
+                return Err(corrupt(format!(
+                    "dump format version {format}, this build reads 1 and {FORMAT_VERSION}"
+                )));
+            }
+        };
+        let mut name_len = [0u8; 2];
+        read_exact_or(input, &mut name_len, "shorter than a dump header")?;
+        len += 2;
+        let name_len = usize::from(u16::from_le_bytes(name_len));
         let mut name = vec![0u8; name_len];
         read_exact_or(input, &mut name, "truncated in the header")?;
         let bucket = String::from_utf8(name).map_err(|_| corrupt("bucket name is not UTF-8"))?;
@@ -134,10 +187,12 @@ impl Header {
             schema: u32_at(12),
             bucket,
             count: u64_at(16),
+            version,
             body_len: u64_at(24),
             checksum: u32_at(32),
+            checked_fields,
         };
-        Ok((header, FIXED_HEADER + name_len))
+        Ok((header, len + name_len))
     }
 }
 
@@ -189,9 +244,16 @@ struct Record<K, V> {
 pub(crate) struct Records<W: Write> {
     body: io::BufWriter<Summing<W>>,
     count: u64,
+    version: DumpVersion,
 }
 
 impl<W: Write> Records<W> {
+    /// The bucket's version the records are at, kept in the header; set once they are all
+    /// pushed, when it is known whether the bucket changed while they were.
+    pub(crate) fn set_version(&mut self, version: DumpVersion) {
+        self.version = version;
+    }
+
     /// Appends one record.
     pub(crate) fn push<K: Serialize, V: Serialize>(
         &mut self,
@@ -232,8 +294,10 @@ pub(crate) fn write<W: Write + Seek>(
         schema,
         bucket: bucket.to_owned(),
         count: 0,
+        version: DumpVersion::default(),
         body_len: 0,
         checksum: 0,
+        checked_fields: None,
     };
     out.write_all(&header.encode())?;
     // Buffer before checksumming, so the CRC runs over large blocks, not per field.
@@ -247,16 +311,26 @@ pub(crate) fn write<W: Write + Seek>(
             },
         ),
         count: 0,
+        version: DumpVersion::default(),
     };
     fill(&mut records)?;
-    let Records { body, count } = records;
+    let Records {
+        body,
+        count,
+        version,
+    } = records;
     header.count = count;
+    header.version = version;
     let Summing {
         inner: mut out,
-        hasher,
+        hasher: body_sum,
         written,
     } = body.into_inner().map_err(|e| e.into_error())?;
     header.body_len = written;
+    // The version fields come before the body under the checksum, but are known only now.
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&version.fields());
+    hasher.combine(&body_sum);
     header.checksum = hasher.finalize();
     out.seek(SeekFrom::Start(0))?;
     out.write_all(&header.encode())?;
@@ -275,7 +349,7 @@ pub(crate) fn read<K: DeserializeOwned, V: DeserializeOwned>(
         bytes.len() as u64,
         bucket,
         schema,
-        Vec::with_capacity,
+        |count, _| Vec::with_capacity(count),
         |entries, k, e| entries.push((k, e)),
     );
     match read {
@@ -288,7 +362,8 @@ pub(crate) fn read<K: DeserializeOwned, V: DeserializeOwned>(
 
 /// Decodes the dump of `bucket` / `schema` that `input` holds from its start, `len` bytes in
 /// all (a file's length), into the collection that `make` creates for the number of records to
-/// expect (never more than the body's length in bytes), one `push` a record.
+/// expect (never more than the body's length in bytes) and the dump's version, one `push` a
+/// record.
 ///
 /// Two streaming passes: the first checks the body's length and checksum, the second decodes
 /// through a window of [`WINDOW`] bytes. A record that fails to decode fails the whole read,
@@ -298,7 +373,7 @@ pub(crate) fn read_into<R, K, V, C>(
     len: u64,
     bucket: &str,
     schema: u32,
-    make: impl FnOnce(usize) -> C,
+    make: impl FnOnce(usize, DumpVersion) -> C,
     mut push: impl FnMut(&mut C, K, Entry<V>),
 ) -> Result<C, ReadError>
 where
@@ -321,9 +396,12 @@ where
         }));
     }
 
-    // Pass 1: the checksum, over the exact body.
+    // Pass 1: the checksum, over the version fields and the exact body.
     let mut window = vec![0u8; WINDOW];
     let mut hasher = crc32fast::Hasher::new();
+    if let Some(fields) = &header.checked_fields {
+        hasher.update(fields);
+    }
     let mut left = body_len;
     while left > 0 {
         let want = window
@@ -343,7 +421,10 @@ where
     // The count is not under the checksum: presize for at most one record per
     // PRESIZE_BYTES_PER_RECORD bytes of body, so a lying count reserves a small multiple of the
     // file's size at most; dumps of smaller records grow the collection as they decode.
-    let mut out = make(header.count.min(body_len / PRESIZE_BYTES_PER_RECORD) as usize);
+    let mut out = make(
+        header.count.min(body_len / PRESIZE_BYTES_PER_RECORD) as usize,
+        header.version,
+    );
     let mut decoded = 0u64;
     let (mut at, mut filled) = (0usize, 0usize);
     let mut exhausted = false;

@@ -35,6 +35,11 @@ pub struct Settings {
     pub retry_min: Duration,
     /// The longest retry delay of a failed reload.
     pub retry_max: Duration,
+    /// How many changes the version log keeps for [`Worker::changes_since`](crate::Worker::changes_since);
+    /// 0 keeps none (every client gets the full bucket).
+    pub delta_threshold: usize,
+    /// How long the version log keeps a change.
+    pub delta_ttl: Duration,
 }
 
 /// [`Settings::MAX_DURATION`], as the error messages say it.
@@ -47,6 +52,12 @@ impl Settings {
     pub const MAX_EVENT_CAPACITY: usize = 1 << 20;
     /// The longest duration any setting accepts: 3650 days.
     pub const MAX_DURATION: Duration = Duration::from_secs(3650 * 24 * 3600);
+    /// The largest `delta_threshold`: 2^24 changes.
+    pub const MAX_DELTA_THRESHOLD: usize = 1 << 24;
+    /// The default `delta_threshold`: 10 000 changes.
+    pub const DEFAULT_DELTA_THRESHOLD: usize = 10_000;
+    /// The default `delta_ttl`: one hour.
+    pub const DEFAULT_DELTA_TTL: Duration = Duration::from_secs(3600);
 
     pub(crate) fn defaults(bucket: String) -> Self {
         Settings {
@@ -62,6 +73,8 @@ impl Settings {
             event_capacity: 1024,
             retry_min: Duration::from_secs(1),
             retry_max: Duration::from_secs(300),
+            delta_threshold: Settings::DEFAULT_DELTA_THRESHOLD,
+            delta_ttl: Settings::DEFAULT_DELTA_TTL,
         }
     }
 
@@ -96,6 +109,16 @@ impl Settings {
                 return invalid(setting, format!("must be from 1 to {max}, not {value}"));
             }
         }
+        if self.delta_threshold > Settings::MAX_DELTA_THRESHOLD {
+            return invalid(
+                "delta_threshold",
+                format!(
+                    "must be from 0 to {}, not {}",
+                    Settings::MAX_DELTA_THRESHOLD,
+                    self.delta_threshold
+                ),
+            );
+        }
         let durations = [
             ("refresh", self.refresh.unwrap_or_default()),
             ("load_timeout", self.load_timeout),
@@ -103,6 +126,7 @@ impl Settings {
             ("shutdown_timeout", self.shutdown_timeout),
             ("retry_min", self.retry_min),
             ("retry_max", self.retry_max),
+            ("delta_ttl", self.delta_ttl),
         ];
         for (setting, value) in durations {
             if value > Settings::MAX_DURATION {
@@ -158,6 +182,8 @@ pub(crate) struct Layer {
     pub(crate) event_capacity: Option<usize>,
     pub(crate) retry_min: Option<Duration>,
     pub(crate) retry_max: Option<Duration>,
+    pub(crate) delta_threshold: Option<usize>,
+    pub(crate) delta_ttl: Option<Duration>,
 }
 
 impl Layer {
@@ -179,6 +205,8 @@ impl Layer {
         set(&mut s.event_capacity, &self.event_capacity);
         set(&mut s.retry_min, &self.retry_min);
         set(&mut s.retry_max, &self.retry_max);
+        set(&mut s.delta_threshold, &self.delta_threshold);
+        set(&mut s.delta_ttl, &self.delta_ttl);
     }
 
     /// Whether this layer sets `setting` (named as in the environment: `REFRESH`, `FILE`, ...).
@@ -195,6 +223,8 @@ impl Layer {
             "EVENT_CAPACITY" => self.event_capacity.is_some(),
             "RETRY_MIN" => self.retry_min.is_some(),
             "RETRY_MAX" => self.retry_max.is_some(),
+            "DELTA_THRESHOLD" => self.delta_threshold.is_some(),
+            "DELTA_TTL" => self.delta_ttl.is_some(),
             _ => false,
         }
     }
@@ -232,14 +262,14 @@ impl Layer {
                 })
                 .transpose()
         };
-        let number = |setting: &str, max: usize| -> Result<Option<usize>, Error> {
+        let number = |setting: &str, min: usize, max: usize| -> Result<Option<usize>, Error> {
             get(setting)
                 .map(|(variable, value)| match value.trim().parse::<usize>() {
-                    Ok(n) if (1..=max).contains(&n) => Ok(n),
+                    Ok(n) if (min..=max).contains(&n) => Ok(n),
                     _ => Err(invalid(
                         variable,
                         value.clone(),
-                        &format!("expected a whole number from 1 to {max}"),
+                        &format!("expected a whole number from {min} to {max}"),
                     )),
                 })
                 .transpose()
@@ -284,8 +314,10 @@ impl Layer {
         layer.shutdown_timeout = duration("SHUTDOWN_TIMEOUT")?;
         layer.retry_min = duration("RETRY_MIN")?;
         layer.retry_max = duration("RETRY_MAX")?;
-        layer.concurrency = number("CONCURRENCY", Settings::MAX_CONCURRENCY)?;
-        layer.event_capacity = number("EVENT_CAPACITY", Settings::MAX_EVENT_CAPACITY)?;
+        layer.concurrency = number("CONCURRENCY", 1, Settings::MAX_CONCURRENCY)?;
+        layer.event_capacity = number("EVENT_CAPACITY", 1, Settings::MAX_EVENT_CAPACITY)?;
+        layer.delta_threshold = number("DELTA_THRESHOLD", 0, Settings::MAX_DELTA_THRESHOLD)?;
+        layer.delta_ttl = duration("DELTA_TTL")?;
         if let Some((variable, value)) = get("SCHEMA") {
             layer.schema = Some(value.trim().parse::<u32>().map_err(|_| {
                 invalid(
@@ -318,6 +350,8 @@ pub struct Attributes {
     pub schema: Option<u32>,
     pub dump_interval: Option<Duration>,
     pub cache_enabled: Option<bool>,
+    pub delta_threshold: Option<usize>,
+    pub delta_ttl: Option<Duration>,
 }
 
 impl Attributes {
@@ -331,6 +365,8 @@ impl Attributes {
             schema: self.schema,
             dump_interval: self.dump_interval,
             cache_enabled: self.cache_enabled,
+            delta_threshold: self.delta_threshold,
+            delta_ttl: self.delta_ttl,
             ..Layer::default()
         }
     }
@@ -374,6 +410,8 @@ mod tests {
                 ("CACHE_WORKER_S_EVENT_CAPACITY", "9"),
                 ("CACHE_WORKER_S_RETRY_MIN", "100ms"),
                 ("CACHE_WORKER_S_RETRY_MAX", "1m"),
+                ("CACHE_WORKER_S_DELTA_THRESHOLD", "0"),
+                ("CACHE_WORKER_S_DELTA_TTL", "10m"),
             ]),
         )
         .expect("valid");
@@ -390,6 +428,8 @@ mod tests {
         assert_eq!(s.event_capacity, 9);
         assert_eq!(s.retry_min, Duration::from_millis(100));
         assert_eq!(s.retry_max, Duration::from_secs(60));
+        assert_eq!(s.delta_threshold, 0);
+        assert_eq!(s.delta_ttl, Duration::from_secs(600));
     }
 
     #[test]

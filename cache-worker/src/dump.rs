@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::CacheWorker;
 use crate::Error;
 use crate::bucket::{Entry, Hasher, Map};
-use crate::codec::{self, DecodeError, ReadError};
+use crate::codec::{self, DecodeError, DumpVersion, ReadError};
 use crate::inner::{Inner, Key, Value};
 use crate::prefetch::{prefetch, prefetch_serialized};
 use crate::start::{ColdStart, StartKind};
@@ -29,12 +29,25 @@ pub(crate) async fn write<W: CacheWorker>(inner: &Arc<Inner<W>>) -> Result<(), E
     let _one_at_a_time = inner.dump_lock.lock().await;
     // Changes from here on mark the bucket dirty again and get the next dump.
     inner.dirty.store(false, Ordering::Release);
+    // The records are the bucket at this version if no change is made while they are written:
+    // every change up to it is in the map, and the version read after them, under the write
+    // order, counts every change they may show.
+    let before = inner.version.load(Ordering::Acquire);
     let map = inner.bucket.current();
     let bucket = inner.settings.bucket.clone();
     let schema = inner.settings.schema;
     let started = Instant::now();
     let target = path.clone();
-    let written = tokio::task::spawn_blocking(move || write_file(&target, &bucket, schema, &map))
+    let versions = inner.clone();
+    let version_now = move || {
+        let version = versions.write_order.lock().version();
+        DumpVersion {
+            version,
+            exact: version == before,
+        }
+    };
+    let written =
+        tokio::task::spawn_blocking(move || write_file(&target, &bucket, schema, &map, version_now))
         .await
         .unwrap_or_else(|join| Err(io::Error::other(format!("dump writer crashed: {join}"))));
     let elapsed = started.elapsed();
@@ -66,7 +79,13 @@ pub(crate) async fn write<W: CacheWorker>(inner: &Arc<Inner<W>>) -> Result<(), E
 /// Temp file in the same directory, fsync, rename over the dump, fsync the directory: a crash
 /// at any moment leaves the previous dump or the new one, never a mix. Returns the number of
 /// records written.
-fn write_file<K, V>(path: &Path, bucket: &str, schema: u32, map: &Map<K, V>) -> io::Result<u64>
+fn write_file<K, V>(
+    path: &Path,
+    bucket: &str,
+    schema: u32,
+    map: &Map<K, V>,
+    version_now: impl FnOnce() -> DumpVersion,
+) -> io::Result<u64>
 where
     K: Serialize + Eq + std::hash::Hash,
     V: Serialize,
@@ -116,6 +135,7 @@ where
                 records.push(e.key(), e.value())?;
                 count += 1;
             }
+            records.set_version(version_now());
             Ok(())
         })?;
         file.sync_all()?;
@@ -192,12 +212,17 @@ pub(crate) async fn restore<W: CacheWorker>(inner: &Inner<W>) -> StartKind {
     let schema = inner.settings.schema;
     let shown = path.display();
     let cold = match read {
-        Ok((map, expired)) if map.is_empty() => ColdStart::NoLiveEntries { expired },
-        Ok((map, expired)) => {
-            let restored = map.len();
-            inner.bucket.restore(map);
-            tracing::info!(bucket, path = %shown, entries = restored, expired, elapsed = ?started.elapsed(), "warm start from dump");
-            return StartKind::Warm { restored, expired };
+        Ok(read) => {
+            let restored = read.map.len();
+            let expired = read.expired.len();
+            inner.bucket.restore(read.map);
+            continue_versions(inner, read.version, read.expired);
+            if restored == 0 {
+                ColdStart::NoLiveEntries { expired }
+            } else {
+                tracing::info!(bucket, path = %shown, entries = restored, expired, elapsed = ?started.elapsed(), "warm start from dump");
+                return StartKind::Warm { restored, expired };
+            }
         }
         Err(ReadError::Io(e)) if e.kind() == io::ErrorKind::NotFound => ColdStart::NotFound,
         Err(ReadError::Io(e)) => ColdStart::Unreadable {
@@ -244,11 +269,39 @@ pub(crate) async fn restore<W: CacheWorker>(inner: &Inner<W>) -> StartKind {
     StartKind::Cold(cold)
 }
 
+/// Goes on from the version the dump was written at (see [`ChangeLog::restored`]), and logs
+/// the removal of each entry that expired since, as a change after it: a client that synced
+/// with the run that wrote an exact dump then gets a delta that removes them.
+///
+/// [`ChangeLog::restored`]: crate::versions::log::ChangeLog::restored
+fn continue_versions<W: CacheWorker>(
+    inner: &Inner<W>,
+    dumped: DumpVersion,
+    expired: Vec<(Key<W>, Arc<Value<W>>)>,
+) {
+    let now = inner.clock.now_ms();
+    let mut log = inner.write_order.lock();
+    log.restored(dumped.version, dumped.exact);
+    if dumped.exact {
+        for (key, value) in expired {
+            log.append(|| key, None, Some(value), now);
+        }
+    }
+}
+
+/// A dump as read: its live entries, those that expired since it was written, and its version.
+struct Read<K, V> {
+    map: Map<K, V>,
+    expired: Vec<(K, Arc<V>)>,
+    version: DumpVersion,
+}
+
 /// Records handed from the decoding thread to the inserting one at a time.
 const BATCH: usize = 4096;
 
 /// Decodes the dump into a presized map, leaving out entries that expired by `now`; returns the
-/// map and how many expired entries were left out.
+/// map, the expired entries left out (their values only if the dump is exact, for the log)
+/// and the dump's version.
 ///
 /// Two threads share the work: this one decodes records into batches, a scoped one inserts them
 /// (hashing and probing the map), so a warm start on a multi-core machine takes about as long
@@ -258,14 +311,15 @@ fn read_file<K, V>(
     bucket: &str,
     schema: u32,
     now: u64,
-) -> Result<(Map<K, V>, usize), ReadError>
+) -> Result<Read<K, V>, ReadError>
 where
     K: serde::de::DeserializeOwned + Eq + std::hash::Hash + Send + Sync,
     V: serde::de::DeserializeOwned + Send + Sync,
 {
     let mut file = File::open(path)?;
     let len = file.metadata()?.len();
-    let mut expired = 0;
+    let mut expired = Vec::new();
+    let mut version = DumpVersion::default();
     let map = std::thread::scope(|scope| {
         let (batches, incoming) = std::sync::mpsc::sync_channel::<Vec<(K, Entry<V>)>>(4);
         let (sizes, size) = std::sync::mpsc::sync_channel::<usize>(1);
@@ -283,13 +337,14 @@ where
             len,
             bucket,
             schema,
-            |count| {
+            |count, dumped| {
+                version = dumped;
                 let _ = sizes.send(count);
                 Vec::with_capacity(BATCH)
             },
             |batch, key, entry| {
                 if entry.expires_at <= now {
-                    expired += 1;
+                    expired.push((key, entry.value));
                     return;
                 }
                 batch.push((key, entry));
@@ -316,7 +371,11 @@ where
             .join()
             .map_err(|_| ReadError::Io(io::Error::other("the thread inserting the dump panicked")))
     })?;
-    Ok((map, expired))
+    Ok(Read {
+        map,
+        expired,
+        version,
+    })
 }
 
 /// Makes the dump file usable by this instance alone before the start reads it: creates its

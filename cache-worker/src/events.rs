@@ -26,6 +26,9 @@ pub enum RemovalCause {
 
 /// A change in a worker's bucket. Writing a value equal to the stored one is no change and
 /// emits nothing.
+///
+/// Every change carries the bucket's `version` it made (see [`Worker::version`](crate::Worker::version)):
+/// a subscriber sees versions rise by one from one change to the next unless it lagged.
 #[derive(Debug, PartialEq)]
 #[non_exhaustive]
 pub enum Event<K, V> {
@@ -35,6 +38,8 @@ pub enum Event<K, V> {
         key: K,
         /// Its value.
         value: Arc<V>,
+        /// The bucket's version this change made.
+        version: u64,
     },
     /// A key's value changed.
     Updated {
@@ -44,6 +49,8 @@ pub enum Event<K, V> {
         value: Arc<V>,
         /// The value it replaced.
         previous: Arc<V>,
+        /// The bucket's version this change made.
+        version: u64,
     },
     /// A key left the bucket.
     Removed {
@@ -53,12 +60,16 @@ pub enum Event<K, V> {
         cause: RemovalCause,
         /// The value it had.
         value: Arc<V>,
+        /// The bucket's version this change made.
+        version: u64,
     },
     /// A whole-collection reload or a full refresh cycle finished; `count` entries are in the
     /// bucket now. The changes it made came before it as their own events.
     FullReload {
         /// The number of entries after the reload.
         count: usize,
+        /// The bucket's version after the reload (the version of its last change).
+        version: u64,
     },
     /// This subscriber fell behind by more than the event capacity and `missed` events were
     /// dropped for it. Read the bucket again (`keys`, `peek`) if you keep a copy.
@@ -72,25 +83,41 @@ pub enum Event<K, V> {
 impl<K: Clone, V> Clone for Event<K, V> {
     fn clone(&self) -> Self {
         match self {
-            Event::Inserted { key, value } => Event::Inserted {
+            Event::Inserted {
+                key,
+                value,
+                version,
+            } => Event::Inserted {
                 key: key.clone(),
                 value: value.clone(),
+                version: *version,
             },
             Event::Updated {
                 key,
                 value,
                 previous,
+                version,
             } => Event::Updated {
                 key: key.clone(),
                 value: value.clone(),
                 previous: previous.clone(),
+                version: *version,
             },
-            Event::Removed { key, cause, value } => Event::Removed {
+            Event::Removed {
+                key,
+                cause,
+                value,
+                version,
+            } => Event::Removed {
                 key: key.clone(),
                 cause: *cause,
                 value: value.clone(),
+                version: *version,
             },
-            Event::FullReload { count } => Event::FullReload { count: *count },
+            Event::FullReload { count, version } => Event::FullReload {
+                count: *count,
+                version: *version,
+            },
             Event::Lagged { missed } => Event::Lagged { missed: *missed },
         }
     }

@@ -18,7 +18,9 @@ use crate::inner::{Inner, Source};
 use crate::load::{fetch, load_one};
 use crate::refresh::{Command, RefreshReport};
 use crate::start::{ColdStart, StartKind};
-use crate::{CacheWorker, Error, EventStream, FetchError, SeedError, Stats, dump, refresh};
+use crate::{
+    CacheWorker, Changes, Error, EventStream, FetchError, SeedError, Stats, dump, refresh,
+};
 
 /// A running cache worker: a cheap-to-clone handle (two `Arc`s inside).
 ///
@@ -223,6 +225,56 @@ impl<W: CacheWorker> Worker<W> {
         self.inner.events.subscribe(self.inner.closed.clone())
     }
 
+    /// The bucket's version: it moves by one with every change (every `Inserted`, `Updated`
+    /// and `Removed` event, whatever caused it) and not with an equal write.
+    ///
+    /// Versions go on from the dump after a warm start, and are never reused after a cold
+    /// one: each run starts at least at the wall clock in microseconds since the Unix epoch
+    /// (so they stay exact in JavaScript numbers until the year 2255). A client keeps the
+    /// version with its copy and asks [`changes_since`](Self::changes_since) for what changed.
+    pub fn version(&self) -> u64 {
+        self.inner.current_version()
+    }
+
+    /// What a client holding a copy of the bucket at version `since` needs to be current:
+    ///
+    /// - `None` → [`Changes::Full`]: every live entry, at the version returned;
+    /// - the current version → [`Changes::NoChange`];
+    /// - a version whose later changes are all retained → [`Changes::Delta`]: one change per
+    ///   key (its last), in version order;
+    /// - anything else → [`Changes::Full`]: a version older than what is retained
+    ///   ([`Builder::delta_threshold`] changes, for [`Builder::delta_ttl`]), of an earlier run
+    ///   (unless this one started warm from its exact dump: a client at the dump's version
+    ///   gets a delta), or ahead of the bucket.
+    ///
+    /// Never a delta with a change missing, never `NoChange` while there are changes.
+    ///
+    /// ```
+    /// # use cache_worker::{CacheWorker, Changes, Change, Worker};
+    /// # struct Prices;
+    /// # impl CacheWorker for Prices {
+    /// #     type Key = String; type Value = u32; type Error = std::io::Error;
+    /// #     async fn load(&self, _: &String) -> Result<Option<u32>, std::io::Error> { Ok(None) }
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cache_worker::Error> {
+    /// let prices = Worker::builder(Prices).start().await?;
+    /// prices.insert("a".to_string(), 1)?;
+    /// let Changes::Full { version, entries } = prices.changes_since(None) else { unreachable!() };
+    /// assert_eq!(entries.len(), 1);
+    ///
+    /// prices.insert("a".to_string(), 2)?;
+    /// prices.insert("b".to_string(), 3)?;
+    /// let Changes::Delta { from, changes, .. } = prices.changes_since(Some(version)) else { unreachable!() };
+    /// assert_eq!(from, version);
+    /// assert!(matches!(&changes[..], [Change::Put { .. }, Change::Put { .. }]));
+    /// assert!(matches!(prices.changes_since(Some(prices.version())), Changes::NoChange { .. }));
+    /// # Ok(()) }
+    /// ```
+    pub fn changes_since(&self, since: Option<u64>) -> Changes<W::Key, W::Value> {
+        self.inner.sync(since).into()
+    }
+
     /// A snapshot of the counters.
     pub fn stats(&self) -> Stats {
         self.inner.stats.snapshot(self.inner.bucket.len())
@@ -348,6 +400,8 @@ async fn shut_down<W: CacheWorker>(inner: &Arc<Inner<W>>) -> Option<DumpFailure>
 /// | [`shutdown_timeout`](Builder::shutdown_timeout) | 10 s | `.._SHUTDOWN_TIMEOUT` |
 /// | [`event_capacity`](Builder::event_capacity) | 1024 | `.._EVENT_CAPACITY` |
 /// | [`retry_backoff`](Builder::retry_backoff) | 1 s doubling to 5 min | `.._RETRY_MIN`, `.._RETRY_MAX` |
+/// | [`delta_threshold`](Builder::delta_threshold) | 10 000 changes | `.._DELTA_THRESHOLD` (0 keeps none) |
+/// | [`delta_ttl`](Builder::delta_ttl) | 1 h | `.._DELTA_TTL` |
 ///
 /// Durations in the environment are written as `"90s"`, `"15m"`, `"1h"`, `"1h30m"`. Every
 /// duration is at most [`Settings::MAX_DURATION`]; a setting out of its range, from any layer,
@@ -433,6 +487,22 @@ impl<W: CacheWorker> Builder<W> {
         self
     }
 
+    /// How many changes the version log keeps for [`Worker::changes_since`] (default
+    /// [`Settings::DEFAULT_DELTA_THRESHOLD`], at most [`Settings::MAX_DELTA_THRESHOLD`]): a
+    /// client further behind gets the full bucket. 0 keeps none. The log holds each change's
+    /// key and two `Arc`s of values, never a copy of the bucket.
+    pub fn delta_threshold(mut self, changes: usize) -> Self {
+        self.explicit.delta_threshold = Some(changes);
+        self
+    }
+
+    /// How long the version log keeps a change (default [`Settings::DEFAULT_DELTA_TTL`]): a
+    /// client whose version is older than that gets the full bucket.
+    pub fn delta_ttl(mut self, age: Duration) -> Self {
+        self.explicit.delta_ttl = Some(age);
+        self
+    }
+
     /// The first and the longest delay between retries of a failed reload.
     pub fn retry_backoff(mut self, first: Duration, max: Duration) -> Self {
         self.explicit.retry_min = Some(first);
@@ -510,7 +580,8 @@ impl<W: CacheWorker> Builder<W> {
         inner.running.store(true, Ordering::Release);
         let supervisor = refresh::supervise(inner.clone());
         let writer = dump::spawn_writer(inner.clone());
-        inner.background.lock().await.extend([supervisor, writer]);
+        let pruner = crate::versions::spawn_pruner(inner.clone());
+        inner.background.lock().await.extend([supervisor, writer, pruner]);
         tracing::info!(
             bucket = inner.bucket_name(),
             entries = inner.bucket.len(),

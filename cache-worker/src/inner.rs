@@ -4,7 +4,7 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -19,6 +19,7 @@ use crate::config::Settings;
 use crate::events::{Event, Events, RemovalCause};
 use crate::refresh::Command;
 use crate::stats::{Counters, bump};
+use crate::versions::log::ChangeLog;
 use crate::{CacheWorker, FetchError};
 
 pub(crate) type Key<W> = <W as CacheWorker>::Key;
@@ -53,9 +54,12 @@ pub(crate) struct Inner<W: CacheWorker> {
     pub(crate) cancel: CancellationToken,
     /// The spawned loads, so that shutdown can wait for them.
     pub(crate) loads: TaskTracker,
-    /// Held from a change to the bucket until its event is sent, so that subscribers get the
-    /// changes of each key in the order they were made.
-    pub(crate) write_order: parking_lot::Mutex<()>,
+    /// The version log, and the write order: held from a change to the bucket until it is
+    /// versioned, logged and its event sent, so that versions, the log and the events follow
+    /// the order the changes were made in.
+    pub(crate) write_order: parking_lot::Mutex<ChangeLog<Key<W>, Value<W>>>,
+    /// The current version, readable without `write_order`.
+    pub(crate) version: Arc<AtomicU64>,
     /// Set by every change, cleared by the dump writer.
     pub(crate) dirty: AtomicBool,
     pub(crate) dump_wanted: Notify,
@@ -90,6 +94,7 @@ impl<W: CacheWorker> Inner<W> {
     pub(crate) fn new(state: W, settings: Settings) -> Self {
         let (commands, command_rx) = mpsc::unbounded_channel();
         let clock = Clock::new();
+        let log = ChangeLog::new(settings.delta_threshold, settings.delta_ttl);
         Inner {
             state,
             bucket: Bucket::new(clock),
@@ -103,7 +108,8 @@ impl<W: CacheWorker> Inner<W> {
             running: AtomicBool::new(false),
             cancel: CancellationToken::new(),
             loads: TaskTracker::new(),
-            write_order: parking_lot::Mutex::new(()),
+            version: log.published(),
+            write_order: parking_lot::Mutex::new(log),
             dirty: AtomicBool::new(false),
             dump_wanted: Notify::new(),
             dump_lock: tokio::sync::Mutex::new(()),
@@ -142,9 +148,9 @@ impl<W: CacheWorker> Inner<W> {
     /// Stores a value (inserting the key if needed) and reports the change.
     pub(crate) fn store(&self, key: Key<W>, value: Arc<Value<W>>, source: Source) {
         let entry = self.entry_now(&key, value.clone());
-        let order = self.write_order.lock();
+        let mut order = self.write_order.lock();
         let change = self.bucket.store(key.clone(), entry);
-        self.after_change(key.clone(), value.clone(), change, source);
+        self.after_change(&mut order, key.clone(), value.clone(), change, source);
         drop(order);
         self.schedule(&key, &value);
     }
@@ -153,14 +159,14 @@ impl<W: CacheWorker> Inner<W> {
     /// loaded (`stale`): that write is newer.
     pub(crate) fn store_loaded(&self, key: Key<W>, value: Arc<Value<W>>, stale: &AtomicBool) {
         let entry = self.entry_now(&key, value.clone());
-        let order = self.write_order.lock();
+        let mut order = self.write_order.lock();
         if stale.load(Ordering::Relaxed) {
             return;
         }
         let Some(change) = self.bucket.store_vacant(key.clone(), entry) else {
             return;
         };
-        self.after_change(key.clone(), value.clone(), change, Source::Load);
+        self.after_change(&mut order, key.clone(), value.clone(), change, Source::Load);
         drop(order);
         self.schedule(&key, &value);
     }
@@ -174,10 +180,10 @@ impl<W: CacheWorker> Inner<W> {
         basis: u64,
     ) -> Option<bool> {
         let entry = self.entry_now(&key, value.clone());
-        let order = self.write_order.lock();
+        let mut order = self.write_order.lock();
         let change = self.bucket.store_existing(&key, entry, basis)?;
         let changed = !matches!(change, Change::Unchanged);
-        self.after_change(key.clone(), value.clone(), change, Source::Refresh);
+        self.after_change(&mut order, key.clone(), value.clone(), change, Source::Refresh);
         drop(order);
         self.schedule(&key, &value);
         Some(changed)
@@ -186,28 +192,30 @@ impl<W: CacheWorker> Inner<W> {
     /// Removes a key a reload found gone upstream, unless it was written meanwhile.
     pub(crate) fn remove_reloaded(&self, key: &Key<W>, basis: u64) -> bool {
         let now = self.clock.now_ms();
-        let _order = self.write_order.lock();
+        let mut order = self.write_order.lock();
         let Some((key, entry)) = self.bucket.remove_same(key, basis, now) else {
             return false;
         };
-        self.after_remove(key, entry.value, RemovalCause::Gone);
+        self.after_remove(&mut order, key, entry.value, RemovalCause::Gone);
         true
     }
 
     /// Removes the key if its expiry is at or before `now`.
     pub(crate) fn remove_expired(&self, key: &Key<W>, now: u64) -> bool {
-        let _order = self.write_order.lock();
+        let mut order = self.write_order.lock();
         let Some(entry) = self.bucket.remove_expired(key, now) else {
             return false;
         };
-        self.after_remove(key.clone(), entry.value, RemovalCause::Expired);
+        self.after_remove(&mut order, key.clone(), entry.value, RemovalCause::Expired);
         true
     }
 
-    /// Counts, traces, marks the dump dirty and emits the event of one change. Called with
-    /// `write_order` held; the caller then calls [`schedule`](Self::schedule) without it.
+    /// Counts, traces, marks the dump dirty, versions and logs one change and emits its event.
+    /// Called with `write_order` held (`log` is what it guards); the caller then calls
+    /// [`schedule`](Self::schedule) without it.
     pub(crate) fn after_change(
         &self,
+        log: &mut ChangeLog<Key<W>, Value<W>>,
         key: Key<W>,
         value: Arc<Value<W>>,
         change: Change<Value<W>>,
@@ -223,27 +231,45 @@ impl<W: CacheWorker> Inner<W> {
                 bump(&self.stats.inserted);
                 tracing::debug!(bucket, key = ?key, ?source, "{bucket}.inserted");
                 self.mark_dirty();
-                self.emit(|| Event::Inserted { key, value });
+                let version = log.append(|| key.clone(), Some(value.clone()), None, self.clock.now_ms());
+                self.emit(|| Event::Inserted {
+                    key,
+                    value,
+                    version,
+                });
             }
             Change::Updated { previous } => {
                 bump(&self.stats.updated);
                 tracing::debug!(bucket, key = ?key, ?source, "{bucket}.updated");
                 self.mark_dirty();
+                let version = log.append(
+                    || key.clone(),
+                    Some(value.clone()),
+                    Some(previous.clone()),
+                    self.clock.now_ms(),
+                );
                 self.emit(|| Event::Updated {
                     key,
                     value,
                     previous,
+                    version,
                 });
             }
             Change::AfterExpiry { expired } => {
-                self.after_remove(key.clone(), expired, RemovalCause::Expired);
-                self.after_change(key, value, Change::Inserted, source);
+                self.after_remove(log, key.clone(), expired, RemovalCause::Expired);
+                self.after_change(log, key, value, Change::Inserted, source);
             }
         }
     }
 
-    /// Reports the removal of an entry.
-    pub(crate) fn after_remove(&self, key: Key<W>, value: Arc<Value<W>>, cause: RemovalCause) {
+    /// Reports, versions and logs the removal of an entry (see [`after_change`](Self::after_change)).
+    pub(crate) fn after_remove(
+        &self,
+        log: &mut ChangeLog<Key<W>, Value<W>>,
+        key: Key<W>,
+        value: Arc<Value<W>>,
+        cause: RemovalCause,
+    ) {
         if cause == RemovalCause::Expired {
             bump(&self.stats.expired);
         } else {
@@ -252,7 +278,13 @@ impl<W: CacheWorker> Inner<W> {
         let bucket = self.bucket_name();
         tracing::debug!(bucket, key = ?key, ?cause, "{bucket}.removed");
         self.mark_dirty();
-        self.emit(|| Event::Removed { key, cause, value });
+        let version = log.append(|| key.clone(), None, Some(value.clone()), self.clock.now_ms());
+        self.emit(|| Event::Removed {
+            key,
+            cause,
+            value,
+            version,
+        });
     }
 
     /// Removes the key, and detaches a load of it in flight: its waiters still get its value,
@@ -263,7 +295,7 @@ impl<W: CacheWorker> Inner<W> {
         Q: std::hash::Hash + Eq + ?Sized,
     {
         let now = self.clock.now_ms();
-        let _order = self.write_order.lock();
+        let mut order = self.write_order.lock();
         if let Some((_, in_flight)) = self.flights.remove(key) {
             // Read under `write_order` by the load before it stores.
             in_flight.stale.store(true, Ordering::Relaxed);
@@ -271,10 +303,10 @@ impl<W: CacheWorker> Inner<W> {
         let (key, entry) = self.bucket.remove(key)?;
         if entry.expired(now) {
             // Gone already for readers: what it had is not handed back.
-            self.after_remove(key, entry.value, RemovalCause::Expired);
+            self.after_remove(&mut order, key, entry.value, RemovalCause::Expired);
             return None;
         }
-        self.after_remove(key, entry.value.clone(), RemovalCause::Invalidated);
+        self.after_remove(&mut order, key, entry.value.clone(), RemovalCause::Invalidated);
         Some(entry.value)
     }
 

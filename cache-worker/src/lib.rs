@@ -84,6 +84,7 @@ mod refresh;
 mod slot;
 mod start;
 mod stats;
+mod versions;
 mod worker;
 
 #[cfg(feature = "vista")]
@@ -97,6 +98,7 @@ pub use handle::{Builder, Fetched, Worker};
 pub use refresh::RefreshReport;
 pub use start::{ColdStart, StartKind};
 pub use stats::Stats;
+pub use versions::{Change, Changes};
 pub use worker::{CacheWorker, Entries, SeedError};
 
 #[cfg(feature = "macros")]
@@ -110,7 +112,8 @@ pub mod __private {
     pub use crate::config::Attributes;
     pub use crate::slot::Slot;
     pub use crate::{
-        Builder, CacheWorker, Error, EventStream, FetchError, RefreshReport, Stats, Worker,
+        Builder, CacheWorker, Changes, Error, EventStream, FetchError, RefreshReport, Stats,
+        Worker,
     };
     pub use std::borrow::Borrow;
     pub use std::future::Future;

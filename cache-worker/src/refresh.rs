@@ -323,8 +323,12 @@ impl<W: CacheWorker> Refresher<W> {
                 inner.bucket_name()
             );
             if !cycle.bulk_failed {
-                let _order = inner.write_order.lock();
-                inner.emit(|| Event::FullReload { count: r.entries });
+                let order = inner.write_order.lock();
+                let version = order.version();
+                inner.emit(|| Event::FullReload {
+                    count: r.entries,
+                    version,
+                });
             }
         }
         for reply in waiters {
@@ -507,7 +511,7 @@ fn replace_all<W: CacheWorker>(
         .filter(|(_, entry)| !entry.expired(entry.loaded_at))
         .collect();
     let now = inner.clock.now_ms();
-    let order = inner.write_order.lock();
+    let mut order = inner.write_order.lock();
     let diff = inner.bucket.replace_all(bulk_load, entries, now);
     let mut stored = Vec::with_capacity(diff.changes.len());
     for (key, value, change) in diff.changes {
@@ -517,13 +521,13 @@ fn replace_all<W: CacheWorker>(
             Change::Unchanged => report.unchanged += 1,
         }
         stored.push((key.clone(), value.clone()));
-        inner.after_change(key, value, change, Source::Refresh);
+        inner.after_change(&mut order, key, value, change, Source::Refresh);
     }
     for (key, value, cause) in diff.removed {
         if cause == RemovalCause::Gone {
             report.removed += 1;
         }
-        inner.after_remove(key, value, cause);
+        inner.after_remove(&mut order, key, value, cause);
     }
     drop(order);
     for (key, value) in stored {

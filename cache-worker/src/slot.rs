@@ -9,7 +9,9 @@ use arc_swap::ArcSwapOption;
 use tokio::sync::oneshot;
 
 use crate::config::Attributes;
-use crate::{CacheWorker, Error, EventStream, FetchError, RefreshReport, Stats, Worker};
+use crate::{
+    CacheWorker, Changes, Error, EventStream, FetchError, RefreshReport, Stats, Worker,
+};
 
 /// One process-wide worker of type `W`, empty until started. Not for direct use: the
 /// attribute generates one per annotated type.
@@ -151,6 +153,22 @@ impl<W: CacheWorker> Slot<W> {
         let (subscriber, stream) = oneshot::channel();
         waiting.push(subscriber);
         EventStream::attaching(stream)
+    }
+
+    /// See [`Worker::version`]; 0 when not started.
+    pub fn version(&self) -> u64 {
+        self.current.load().as_ref().map_or(0, |w| w.version())
+    }
+
+    /// See [`Worker::changes_since`]; when not started, an empty `Full` at version 0.
+    pub fn changes_since(&self, since: Option<u64>) -> Changes<W::Key, W::Value> {
+        match self.current.load().as_ref() {
+            Some(worker) => worker.changes_since(since),
+            None => Changes::Full {
+                version: 0,
+                entries: Vec::new(),
+            },
+        }
     }
 
     /// See [`Worker::stats`]; all zero when not started.

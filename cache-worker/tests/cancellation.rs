@@ -379,6 +379,7 @@ async fn an_entry_whose_reloads_fail_or_hang_still_expires_on_time() {
     })
     .await;
     let mut events = worker.subscribe();
+    let v0 = worker.version();
     let timeline = Timeline::begin();
     worker.fetch(&key("e")).await.expect("e");
     up.set("e", Reply::Hang);
@@ -407,12 +408,14 @@ async fn an_entry_whose_reloads_fail_or_hang_still_expires_on_time() {
         [
             Event::Inserted {
                 key: key("e"),
-                value: Arc::new(1)
+                value: Arc::new(1),
+                version: v0 + 1,
             },
             Event::Removed {
                 key: key("e"),
                 cause: RemovalCause::Expired,
-                value: Arc::new(1)
+                value: Arc::new(1),
+                version: v0 + 2,
             }
         ]
     );

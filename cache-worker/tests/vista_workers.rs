@@ -174,6 +174,7 @@ async fn seat_change_after_a_bulk_reload_is_an_update() -> TestResult {
             key,
             value,
             previous,
+            ..
         } if key == id => Some((previous.seats_available, value.seats_available)),
         _ => None,
     })

@@ -36,7 +36,9 @@ pub fn replayed<K: PartialEq, V: Clone>(events: &[Event<K, V>], key: &K) -> Opti
     let mut value = None;
     for event in events {
         match event {
-            Event::Inserted { key: k, value: v }
+            Event::Inserted {
+                key: k, value: v, ..
+            }
             | Event::Updated {
                 key: k, value: v, ..
             } if k == key => {
@@ -51,12 +53,15 @@ pub fn replayed<K: PartialEq, V: Clone>(events: &[Event<K, V>], key: &K) -> Opti
 
 /// A copy of a bucket made by replaying its events, each checked against the copy: an
 /// `Inserted` of a key the copy does not hold, an `Updated` that names the value it replaces,
-/// a `Removed` the value it removes.
+/// a `Removed` the value it removes; and the versions: each change one after the one before
+/// it (unless events were lost in a `Lagged`), a `FullReload` at the last change's.
 pub struct Replica<K, V> {
     pub copy: HashMap<K, Arc<V>>,
     pub entry_events: u64,
     pub full_reloads: u64,
     pub lagged: u64,
+    /// The version of the last change seen; `None` before the first and after a lag.
+    pub version: Option<u64>,
 }
 
 impl<K, V> Default for Replica<K, V> {
@@ -66,6 +71,22 @@ impl<K, V> Default for Replica<K, V> {
             entry_events: 0,
             full_reloads: 0,
             lagged: 0,
+            version: None,
+        }
+    }
+}
+
+impl<K, V> Replica<K, V> {
+    /// Checks that a change at `version` follows the last one seen.
+    fn next_version(&mut self, version: u64, what: &str) -> Result<(), String> {
+        let expected = self.version.map(|v| v + 1);
+        self.version = Some(version);
+        match expected {
+            Some(expected) if expected != version => Err(format!(
+                "{what} at version {version}, after a change at {}",
+                expected - 1
+            )),
+            _ => Ok(()),
         }
     }
 }
@@ -74,9 +95,14 @@ impl<K: Eq + Hash + Debug, V: PartialEq + Debug> Replica<K, V> {
     /// Applies `event` to the copy; says how it does not follow from the copy, if it does not.
     pub fn apply(&mut self, event: Event<K, V>) -> Result<(), String> {
         match event {
-            Event::Inserted { key, value } => {
+            Event::Inserted {
+                key,
+                value,
+                version,
+            } => {
                 self.entry_events += 1;
                 let what = format!("Inserted({key:?}, {value:?})");
+                self.next_version(version, &what)?;
                 match self.copy.insert(key, value) {
                     Some(held) => Err(format!("{what} while the copy held {held:?}")),
                     None => Ok(()),
@@ -86,23 +112,38 @@ impl<K: Eq + Hash + Debug, V: PartialEq + Debug> Replica<K, V> {
                 key,
                 value,
                 previous,
+                version,
             } => {
                 self.entry_events += 1;
                 let what = format!("Updated({key:?}, {value:?} replacing {previous:?})");
+                self.next_version(version, &what)?;
                 let held = self.copy.insert(key, value);
                 follows(what, held, &previous)
             }
-            Event::Removed { key, value, .. } => {
+            Event::Removed {
+                key,
+                value,
+                version,
+                ..
+            } => {
                 self.entry_events += 1;
+                let what = format!("Removed({key:?}, {value:?})");
+                self.next_version(version, &what)?;
                 let held = self.copy.remove(&key);
-                follows(format!("Removed({key:?}, {value:?})"), held, &value)
+                follows(what, held, &value)
             }
-            Event::FullReload { .. } => {
+            Event::FullReload { version, .. } => {
                 self.full_reloads += 1;
-                Ok(())
+                match self.version {
+                    Some(last) if last != version => Err(format!(
+                        "FullReload at version {version}, after a change at {last}"
+                    )),
+                    _ => Ok(()),
+                }
             }
             Event::Lagged { missed } => {
                 self.lagged += missed;
+                self.version = None;
                 Ok(())
             }
             other => Err(format!("unknown event {other:?}")),
