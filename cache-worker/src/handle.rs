@@ -44,7 +44,7 @@ use crate::{
 /// # Ok(()) }
 /// ```
 pub struct Worker<W: CacheWorker> {
-    inner: Arc<Inner<W>>,
+    pub(crate) inner: Arc<Inner<W>>,
     _alive: Arc<Alive>,
 }
 
