@@ -23,6 +23,8 @@ use proc_macro::TokenStream;
 ///     schema = 1,                  // version of the values' layout in dump files (u32)
 ///     dump_interval = "5s",        // how long changes are batched before a dump is written
 ///     cache_enabled = true,        // false: every get/fetch loads, nothing is read from the bucket
+///     delta_threshold = 10000,     // changes kept for `changes_since` (0: none, every sync is full)
+///     delta_ttl = "1h",            // how long a change is kept for `changes_since`
 ///     crate = "::cache_worker",    // the path to cache-worker, if it is re-exported elsewhere
 /// )]
 /// pub struct WidgetStore { /* the worker's state */ }
@@ -56,6 +58,8 @@ use proc_macro::TokenStream;
 /// | `keys()` / `len()` | `Vec<K>` / `usize` |
 /// | `subscribe()` | `EventStream<K, V>`; made before the start, it waits for it |
 /// | `stats()` | `Stats` |
+/// | `version()` | `u64`, the bucket's version; 0 before the start |
+/// | `changes_since(Option<u64>)` | `Changes<K, V>`; an empty `Full` at version 0 before the start |
 /// | `worker()` | `Option<Worker<Self>>`, the running instance's handle |
 /// | `async refresh_all()` | `Result<RefreshReport, Error>`, after one full refresh cycle |
 /// | `async shutdown()` | `Result<(), Error>`; stops refreshing and writes the final dump |

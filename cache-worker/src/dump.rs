@@ -46,10 +46,11 @@ pub(crate) async fn write<W: CacheWorker>(inner: &Arc<Inner<W>>) -> Result<(), E
             exact: version == before,
         }
     };
-    let written =
-        tokio::task::spawn_blocking(move || write_file(&target, &bucket, schema, &map, version_now))
-        .await
-        .unwrap_or_else(|join| Err(io::Error::other(format!("dump writer crashed: {join}"))));
+    let written = tokio::task::spawn_blocking(move || {
+        write_file(&target, &bucket, schema, &map, version_now)
+    })
+    .await
+    .unwrap_or_else(|join| Err(io::Error::other(format!("dump writer crashed: {join}"))));
     let elapsed = started.elapsed();
     let bucket = inner.bucket_name();
     match written {

@@ -581,7 +581,11 @@ impl<W: CacheWorker> Builder<W> {
         let supervisor = refresh::supervise(inner.clone());
         let writer = dump::spawn_writer(inner.clone());
         let pruner = crate::versions::spawn_pruner(inner.clone());
-        inner.background.lock().await.extend([supervisor, writer, pruner]);
+        inner
+            .background
+            .lock()
+            .await
+            .extend([supervisor, writer, pruner]);
         tracing::info!(
             bucket = inner.bucket_name(),
             entries = inner.bucket.len(),

@@ -183,7 +183,13 @@ impl<W: CacheWorker> Inner<W> {
         let mut order = self.write_order.lock();
         let change = self.bucket.store_existing(&key, entry, basis)?;
         let changed = !matches!(change, Change::Unchanged);
-        self.after_change(&mut order, key.clone(), value.clone(), change, Source::Refresh);
+        self.after_change(
+            &mut order,
+            key.clone(),
+            value.clone(),
+            change,
+            Source::Refresh,
+        );
         drop(order);
         self.schedule(&key, &value);
         Some(changed)
@@ -231,7 +237,12 @@ impl<W: CacheWorker> Inner<W> {
                 bump(&self.stats.inserted);
                 tracing::debug!(bucket, key = ?key, ?source, "{bucket}.inserted");
                 self.mark_dirty();
-                let version = log.append(|| key.clone(), Some(value.clone()), None, self.clock.now_ms());
+                let version = log.append(
+                    || key.clone(),
+                    Some(value.clone()),
+                    None,
+                    self.clock.now_ms(),
+                );
                 self.emit(|| Event::Inserted {
                     key,
                     value,
@@ -278,7 +289,12 @@ impl<W: CacheWorker> Inner<W> {
         let bucket = self.bucket_name();
         tracing::debug!(bucket, key = ?key, ?cause, "{bucket}.removed");
         self.mark_dirty();
-        let version = log.append(|| key.clone(), None, Some(value.clone()), self.clock.now_ms());
+        let version = log.append(
+            || key.clone(),
+            None,
+            Some(value.clone()),
+            self.clock.now_ms(),
+        );
         self.emit(|| Event::Removed {
             key,
             cause,
@@ -306,7 +322,12 @@ impl<W: CacheWorker> Inner<W> {
             self.after_remove(&mut order, key, entry.value, RemovalCause::Expired);
             return None;
         }
-        self.after_remove(&mut order, key, entry.value.clone(), RemovalCause::Invalidated);
+        self.after_remove(
+            &mut order,
+            key,
+            entry.value.clone(),
+            RemovalCause::Invalidated,
+        );
         Some(entry.value)
     }
 

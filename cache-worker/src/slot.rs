@@ -9,9 +9,7 @@ use arc_swap::ArcSwapOption;
 use tokio::sync::oneshot;
 
 use crate::config::Attributes;
-use crate::{
-    CacheWorker, Changes, Error, EventStream, FetchError, RefreshReport, Stats, Worker,
-};
+use crate::{CacheWorker, Changes, Error, EventStream, FetchError, RefreshReport, Stats, Worker};
 
 /// One process-wide worker of type `W`, empty until started. Not for direct use: the
 /// attribute generates one per annotated type.

@@ -357,7 +357,7 @@ fn check_fetch(shared: &Shared, bad: &Problems, key: u32, result: &Result<Arc<Va
 /// Replays the events into a copy of the bucket ([`Replica`]), checking too that every value
 /// an event carries is one the loader returned for its key.
 fn apply(replica: &mut Replica<u32, Val>, shared: &Shared, bad: &Problems, event: Event<u32, Val>) {
-    if let Event::Inserted { key, value } | Event::Updated { key, value, .. } = &event
+    if let Event::Inserted { key, value, .. } | Event::Updated { key, value, .. } = &event
         && !shared.was_returned(*key, value)
     {
         bad.push(format!("event {event:?}: never returned"));

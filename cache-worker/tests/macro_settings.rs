@@ -9,7 +9,7 @@ mod common;
 
 use std::time::Duration;
 
-use cache_worker::{CacheWorker, Error, Event, Worker, cache_worker};
+use cache_worker::{CacheWorker, Change, Changes, Error, Event, Worker, cache_worker};
 use futures_util::StreamExt;
 
 use common::{Upstream, UpstreamError, key, within};
@@ -43,6 +43,15 @@ worker!(
 worker!(
     #[cache_worker(bucket = "early", refresh = "off")]
     Early
+);
+worker!(
+    #[cache_worker(
+        bucket = "synced",
+        refresh = "off",
+        delta_threshold = 2,
+        delta_ttl = "10m"
+    )]
+    Synced
 );
 
 #[tokio::test]
@@ -98,6 +107,14 @@ async fn before_the_start_each_function_works_or_says_so() {
         Early::refresh_all().await,
         Err(Error::NotStarted { ref bucket }) if bucket == "early"
     ));
+    assert_eq!(Early::version(), 0);
+    assert_eq!(
+        Early::changes_since(None),
+        Changes::Full {
+            version: 0,
+            entries: Vec::new()
+        }
+    );
     // A subscription made before the start follows the worker once it starts.
     let mut events = Early::subscribe();
     Early(Upstream::new()).start().await.expect("start");
@@ -107,7 +124,8 @@ async fn before_the_start_each_function_works_or_says_so() {
         first,
         Some(Event::Inserted {
             key: key("a"),
-            value: 1.into()
+            value: 1.into(),
+            version: Early::version(),
         })
     );
     Early::shutdown().await.expect("shutdown");
@@ -116,4 +134,34 @@ async fn before_the_start_each_function_works_or_says_so() {
         None,
         "it ends with the worker"
     );
+}
+
+#[tokio::test]
+async fn delta_settings_in_the_attribute_and_sync_through_the_type() {
+    Synced(Upstream::new()).start().await.expect("start");
+    let s = Synced::worker().expect("started").settings().clone();
+    assert_eq!(s.delta_threshold, 2);
+    assert_eq!(s.delta_ttl, Duration::from_secs(600));
+    let v0 = Synced::version();
+    Synced::insert(key("a"), 1).expect("started");
+    assert_eq!(Synced::version(), v0 + 1);
+    assert_eq!(
+        Synced::changes_since(Some(v0)),
+        Changes::Delta {
+            from: v0,
+            version: v0 + 1,
+            changes: vec![Change::Put {
+                key: key("a"),
+                value: 1.into()
+            }],
+        }
+    );
+    Synced::insert(key("b"), 2).expect("started");
+    Synced::insert(key("c"), 3).expect("started");
+    // Two changes retained: v0 is too old now.
+    assert!(matches!(
+        Synced::changes_since(Some(v0)),
+        Changes::Full { version, ref entries } if version == v0 + 3 && entries.len() == 3
+    ));
+    Synced::shutdown().await.expect("shutdown");
 }

@@ -143,6 +143,7 @@ async fn the_user_story() {
 
     // Direct writes and removals, seen by subscribers.
     let mut events = WidgetStore::subscribe();
+    let v0 = WidgetStore::version();
     WidgetStore::insert("w-3".to_string(), widget("Cog", 15)).expect("started");
     assert_eq!(
         WidgetStore::peek("w-3").as_deref(),
@@ -158,6 +159,7 @@ async fn the_user_story() {
         Some(Event::Inserted {
             key: "w-3".to_string(),
             value: Arc::new(widget("Cog", 15)),
+            version: v0 + 1,
         })
     );
     assert_eq!(
@@ -166,6 +168,7 @@ async fn the_user_story() {
             key: "w-3".to_string(),
             cause: RemovalCause::Invalidated,
             value: Arc::new(widget("Cog", 15)),
+            version: v0 + 2,
         })
     );
 

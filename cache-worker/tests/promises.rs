@@ -13,17 +13,21 @@ mod common;
 use std::time::Duration;
 
 use cache_worker::{ColdStart, Error, Event, EventStream, RemovalCause, StartKind, Worker};
-use common::{Reply, SeedFailure, Upstream, builder, drain_within, key, started, temp_dump};
+use common::{
+    Reply, SeedFailure, Upstream, builder, consecutive, drain_within, key, started, temp_dump,
+};
 
-/// Every event that arrives until none has for 100 ms.
+/// Every event that arrives until none has for 100 ms, their versions checked to follow one
+/// another and then set to 0 (the expected events below name none).
 async fn drain(events: &mut EventStream<String, u64>) -> Vec<Event<String, u64>> {
-    drain_within(events, Duration::from_millis(100)).await
+    consecutive(&drain_within(events, Duration::from_millis(100)).await)
 }
 
 fn inserted(k: &str, v: u64) -> Event<String, u64> {
     Event::Inserted {
         key: key(k),
         value: v.into(),
+        version: 0,
     }
 }
 
@@ -32,6 +36,7 @@ fn removed(k: &str, v: u64, cause: RemovalCause) -> Event<String, u64> {
         key: key(k),
         cause,
         value: v.into(),
+        version: 0,
     }
 }
 
@@ -87,13 +92,17 @@ async fn a_bulk_reload_keeps_the_writes_made_while_it_loaded() {
             Event::Updated {
                 key: key("a"),
                 value: 5.into(),
-                previous: 1.into()
+                previous: 1.into(),
+                version: 0,
             },
             inserted("c", 3),
             removed("b", 2, RemovalCause::Invalidated),
             inserted("d", 4),
             removed("e", 9, RemovalCause::Gone),
-            Event::FullReload { count: 3 },
+            Event::FullReload {
+                count: 3,
+                version: 0
+            },
         ],
         "the events say what really changed"
     );

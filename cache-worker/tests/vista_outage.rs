@@ -248,13 +248,13 @@ async fn a_long_500_outage_is_served_from_memory_backs_off_and_recovers() {
     assert!(sessions.peek(&seen.gone.id).is_none());
     for event in seen.events.0.since(outage) {
         assert!(
-            matches!(event, Event::FullReload { count: CINEMAS }),
+            matches!(event, Event::FullReload { count: CINEMAS, .. }),
             "{event:?}"
         );
     }
     for event in seen.events.1.since(outage) {
         assert!(
-            matches!(event, Event::FullReload { count: FILMS }),
+            matches!(event, Event::FullReload { count: FILMS, .. }),
             "{event:?}"
         );
     }
@@ -483,7 +483,7 @@ async fn a_few_500s_mid_cycle_lose_nothing() {
     }
     for event in events.2.since(from) {
         match event {
-            Event::FullReload { count } => assert_eq!(count, SESSIONS),
+            Event::FullReload { count, .. } => assert_eq!(count, SESSIONS),
             Event::Updated { key, .. } => assert_eq!(key, changed.id),
             other => panic!("{other:?}"),
         }
@@ -551,19 +551,25 @@ async fn a_few_500s_are_absorbed_by_the_client_retries() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     for event in events.0.since(from) {
         assert!(
-            matches!(event, Event::FullReload { count: CINEMAS }),
+            matches!(event, Event::FullReload { count: CINEMAS, .. }),
             "{event:?}"
         );
     }
     for event in events.1.since(from) {
         assert!(
-            matches!(event, Event::FullReload { count: FILMS }),
+            matches!(event, Event::FullReload { count: FILMS, .. }),
             "{event:?}"
         );
     }
     for event in events.2.since(from) {
         assert!(
-            matches!(event, Event::FullReload { count: SESSIONS }),
+            matches!(
+                event,
+                Event::FullReload {
+                    count: SESSIONS,
+                    ..
+                }
+            ),
             "{event:?}"
         );
     }

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use cache_worker::{Event, FetchError, RemovalCause, Worker};
 use common::{
-    Reply, Upstream, drain, drain_within, key, settle, spawn_fetch, started, started_with,
+    Reply, Upstream, consecutive, drain, drain_within, key, settle, spawn_fetch, started,
+    started_with,
 };
 use futures_util::StreamExt;
 
@@ -178,19 +179,21 @@ async fn periodic_refresh_reloads_every_key_and_keeps_old_values_on_error() {
     );
     assert_eq!(w.peek("c"), None, "Ok(None) removes");
 
-    let seen = drain(&mut events).await;
+    let seen = consecutive(&drain(&mut events).await);
     assert!(seen.contains(&Event::Updated {
         key: key("a"),
         value: Arc::new(10),
-        previous: Arc::new(1)
+        previous: Arc::new(1),
+        version: 0,
     }));
     assert!(seen.contains(&Event::Removed {
         key: key("c"),
         cause: RemovalCause::Gone,
-        value: Arc::new(3)
+        value: Arc::new(3),
+        version: 0,
     }));
     assert!(
-        matches!(seen.last(), Some(Event::FullReload { count: 2 })),
+        matches!(seen.last(), Some(Event::FullReload { count: 2, .. })),
         "{seen:?}"
     );
     let stats = w.stats();
@@ -249,7 +252,8 @@ async fn per_entry_expiry_and_refresh_follow_the_clock() {
         Some(Event::Removed {
             key: key("e"),
             cause: RemovalCause::Expired,
-            value: Arc::new(1)
+            value: Arc::new(1),
+            version: w.version(),
         })
     );
 
@@ -322,23 +326,32 @@ async fn bulk_load_swaps_the_collection_and_reports_the_difference() {
         ),
         (1, 1, 1, 1, 3)
     );
-    let seen = drain(&mut events).await;
+    let seen = consecutive(&drain(&mut events).await);
     assert_eq!(seen.len(), 4, "{seen:?}");
     assert!(seen.contains(&Event::Inserted {
         key: key("d"),
-        value: Arc::new(4)
+        value: Arc::new(4),
+        version: 0,
     }));
     assert!(seen.contains(&Event::Updated {
         key: key("b"),
         value: Arc::new(20),
-        previous: Arc::new(2)
+        previous: Arc::new(2),
+        version: 0,
     }));
     assert!(seen.contains(&Event::Removed {
         key: key("c"),
         cause: RemovalCause::Gone,
-        value: Arc::new(3)
+        value: Arc::new(3),
+        version: 0,
     }));
-    assert_eq!(seen.last(), Some(&Event::FullReload { count: 3 }));
+    assert_eq!(
+        seen.last(),
+        Some(&Event::FullReload {
+            count: 3,
+            version: 0
+        })
+    );
 
     // A failing bulk load keeps the old collection.
     up.fail_collection("feed down");
@@ -353,6 +366,7 @@ async fn equal_writes_emit_nothing() {
     let up = Upstream::new();
     let w = start(&up).await;
     let mut events = w.subscribe();
+    let v0 = w.version();
     w.insert(key("k"), 1);
     w.insert(key("k"), 1);
     w.insert(key("k"), Arc::new(1));
@@ -365,17 +379,20 @@ async fn equal_writes_emit_nothing() {
         [
             Event::Inserted {
                 key: key("k"),
-                value: Arc::new(1)
+                value: Arc::new(1),
+                version: v0 + 1,
             },
             Event::Updated {
                 key: key("k"),
                 value: Arc::new(2),
-                previous: Arc::new(1)
+                previous: Arc::new(1),
+                version: v0 + 2,
             },
             Event::Removed {
                 key: key("k"),
                 cause: RemovalCause::Invalidated,
-                value: Arc::new(2)
+                value: Arc::new(2),
+                version: v0 + 3,
             },
         ]
     );

@@ -37,6 +37,8 @@ pub(crate) struct Merged<K, V> {
     pub(crate) value: Option<Arc<V>>,
     /// The value a client at the version it was merged from holds; `None` if it had none.
     pub(crate) before: Option<Arc<V>>,
+    /// The version of the key's last change.
+    pub(crate) version: u64,
 }
 
 /// The version a start seeds its log from: the wall clock in microseconds since the Unix epoch.
@@ -169,11 +171,10 @@ impl<K: Clone + Eq + Hash, V> ChangeLog<K, V> {
             debug_assert!(false, "the version log has a gap");
             return None;
         }
-        let first = self.records.get(skip);
-        if let Some(first) = first {
-            if first.version != since + 1 || self.too_old(first, now_ms) {
-                return None;
-            }
+        if let Some(first) = self.records.get(skip)
+            && (first.version != since + 1 || self.too_old(first, now_ms))
+        {
+            return None;
         }
         Some(merge(self.records.range(skip..)))
     }
@@ -196,6 +197,7 @@ fn merge<'a, K: Clone + Eq + Hash + 'a, V: 'a>(
             key: record.key.clone(),
             value: record.value.clone(),
             before,
+            version: record.version,
         }));
     }
     out.into_iter()
@@ -212,14 +214,27 @@ mod tests {
         ChangeLog::new(threshold, Duration::from_secs(60))
     }
 
-    fn put(log: &mut ChangeLog<&'static str, u32>, key: &'static str, before: Option<u32>, value: u32) -> u64 {
+    fn put(
+        log: &mut ChangeLog<&'static str, u32>,
+        key: &'static str,
+        before: Option<u32>,
+        value: u32,
+    ) -> u64 {
         log.append(|| key, Some(Arc::new(value)), before.map(Arc::new), 0)
     }
 
-    fn shown(merged: &[Merged<&'static str, u32>]) -> Vec<(&'static str, Option<u32>, Option<u32>)> {
+    fn shown(
+        merged: &[Merged<&'static str, u32>],
+    ) -> Vec<(&'static str, Option<u32>, Option<u32>)> {
         merged
             .iter()
-            .map(|m| (m.key, m.before.as_deref().copied(), m.value.as_deref().copied()))
+            .map(|m| {
+                (
+                    m.key,
+                    m.before.as_deref().copied(),
+                    m.value.as_deref().copied(),
+                )
+            })
             .collect()
     }
 
@@ -232,8 +247,14 @@ mod tests {
         put(&mut l, "a", Some(1), 2);
         put(&mut l, "b", None, 7);
         put(&mut l, "a", Some(2), 3);
-        assert_eq!(shown(&l.since(v1, 0).expect("retained")), [("b", None, Some(7)), ("a", Some(1), Some(3))]);
-        assert_eq!(shown(&l.since(v0, 0).expect("retained")), [("b", None, Some(7)), ("a", None, Some(3))]);
+        assert_eq!(
+            shown(&l.since(v1, 0).expect("retained")),
+            [("b", None, Some(7)), ("a", Some(1), Some(3))]
+        );
+        assert_eq!(
+            shown(&l.since(v0, 0).expect("retained")),
+            [("b", None, Some(7)), ("a", None, Some(3))]
+        );
     }
 
     #[test]
@@ -252,7 +273,10 @@ mod tests {
         let v1 = l.version();
         l.append(|| "a", None, Some(Arc::new(1)), 0);
         put(&mut l, "a", None, 2);
-        assert_eq!(shown(&l.since(v1, 0).expect("retained")), [("a", Some(1), Some(2))]);
+        assert_eq!(
+            shown(&l.since(v1, 0).expect("retained")),
+            [("a", Some(1), Some(2))]
+        );
     }
 
     #[test]
@@ -261,7 +285,10 @@ mod tests {
         let versions: Vec<u64> = (0..6).map(|i| put(&mut l, "k", Some(i), i + 1)).collect();
         // Retained: the last three (v4..v6 of the six); a client at v3 gets them, at v2 not.
         assert!(l.since(versions[1], 0).is_none());
-        assert_eq!(shown(&l.since(versions[2], 0).expect("v3")), [("k", Some(3), Some(6))]);
+        assert_eq!(
+            shown(&l.since(versions[2], 0).expect("v3")),
+            [("k", Some(3), Some(6))]
+        );
         assert!(l.since(versions[5], 0).expect("now").is_empty());
         assert!(l.since(versions[5] + 1, 0).is_none(), "ahead of the bucket");
     }
@@ -295,8 +322,14 @@ mod tests {
         let dumped = l.version() - 1_000;
         l.restored(dumped, true);
         put(&mut l, "a", None, 1);
-        assert_eq!(shown(&l.since(dumped, 0).expect("alias")), [("a", None, Some(1))]);
-        assert!(l.since(dumped + 1, 0).is_none(), "a version of the run that wrote the dump");
+        assert_eq!(
+            shown(&l.since(dumped, 0).expect("alias")),
+            [("a", None, Some(1))]
+        );
+        assert!(
+            l.since(dumped + 1, 0).is_none(),
+            "a version of the run that wrote the dump"
+        );
         let mut inexact = log(10);
         inexact.restored(dumped, false);
         assert!(inexact.since(dumped, 0).is_none());

@@ -159,6 +159,9 @@ impl<K, V> From<Synced<K, V>> for Changes<K, V> {
     }
 }
 
+/// The entries of a full snapshot.
+type Entries<W> = Vec<(Key<W>, Arc<Value<W>>)>;
+
 /// How many times a full snapshot is read without the write order before it is read with it
 /// held (which makes writers wait for the whole read).
 const SNAPSHOT_ATTEMPTS: usize = 3;
@@ -198,7 +201,7 @@ impl<W: CacheWorker> Inner<W> {
     /// then bring every key the walk may have seen mid-change to its value at the second.
     /// Without them (not retained), the walk is retried, and at last made with the write
     /// order held.
-    pub(crate) fn snapshot(&self) -> (u64, Vec<(Key<W>, Arc<Value<W>>)>) {
+    pub(crate) fn snapshot(&self) -> (u64, Entries<W>) {
         for _ in 0..SNAPSHOT_ATTEMPTS {
             let before = self.current_version();
             let mut entries = self.live_entries();
@@ -223,7 +226,7 @@ impl<W: CacheWorker> Inner<W> {
         (log.version(), self.live_entries())
     }
 
-    fn live_entries(&self) -> Vec<(Key<W>, Arc<Value<W>>)> {
+    fn live_entries(&self) -> Entries<W> {
         let now = self.clock.now_ms();
         let mut entries = Vec::with_capacity(self.bucket.len());
         self.bucket.for_each(|key, entry| {

@@ -163,3 +163,36 @@ fn follows<V: PartialEq + Debug>(
         Err(format!("{what} while the copy held {held:?}"))
     }
 }
+
+/// Checks that the versions of `events` follow one another (each change one after the one
+/// before, a `FullReload` at the last change's), and returns the events with every version
+/// set to 0: for comparing with expected events whose order is not fixed.
+pub fn consecutive<K: Clone + Debug, V: Debug>(events: &[Event<K, V>]) -> Vec<Event<K, V>> {
+    let mut last: Option<u64> = None;
+    events
+        .iter()
+        .map(|event| {
+            let mut event = event.clone();
+            match &mut event {
+                Event::Inserted { version, .. }
+                | Event::Updated { version, .. }
+                | Event::Removed { version, .. } => {
+                    if let Some(last) = last {
+                        assert_eq!(*version, last + 1, "versions do not follow: {events:?}");
+                    }
+                    last = Some(*version);
+                    *version = 0;
+                }
+                Event::FullReload { version, .. } => {
+                    if let Some(last) = last {
+                        assert_eq!(*version, last, "FullReload after {last}: {events:?}");
+                    }
+                    *version = 0;
+                }
+                Event::Lagged { .. } => last = None,
+                _ => {}
+            }
+            event
+        })
+        .collect()
+}
