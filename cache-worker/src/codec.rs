@@ -515,7 +515,9 @@ fn read_some(input: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 mod tests {
     use super::*;
 
-    fn entries(n: u64) -> Vec<(String, Entry<Vec<u64>>)> {
+    type Entries = Vec<(String, Entry<Vec<u64>>)>;
+
+    fn entries(n: u64) -> Entries {
         (0..n)
             .map(|i| {
                 (
@@ -532,24 +534,163 @@ mod tests {
     }
 
     fn encode(n: u64) -> Vec<u8> {
+        encode_at(n, None)
+    }
+
+    /// A dump of `n` entries, at `version` if set (as the dump writer sets it, once the records
+    /// are pushed).
+    fn encode_at(n: u64, version: Option<DumpVersion>) -> Vec<u8> {
         let mut buf = io::Cursor::new(Vec::new());
         write(&mut buf, "b", 3, |records| {
-            entries(n).iter().try_for_each(|(k, e)| records.push(k, e))
+            entries(n)
+                .iter()
+                .try_for_each(|(k, e)| records.push(k, e))?;
+            if let Some(version) = version {
+                records.set_version(version);
+            }
+            Ok(())
         })
         .expect("encode");
         buf.into_inner()
     }
 
-    #[test]
-    fn round_trip_keeps_values_and_times() {
-        let bytes = encode(100);
-        let back: Vec<(String, Entry<Vec<u64>>)> = read(&bytes, "b", 3).expect("decode");
-        assert_eq!(back.len(), 100);
-        for ((k1, e1), (k2, e2)) in entries(100).iter().zip(&back) {
+    /// Reads a dump of "b" / 3 as a warm start does; returns the version `make` was given and
+    /// the records.
+    fn read_versioned(bytes: &[u8]) -> Result<(DumpVersion, Entries), ReadError> {
+        read_into(
+            &mut io::Cursor::new(bytes),
+            bytes.len() as u64,
+            "b",
+            3,
+            |count, version| (version, Vec::with_capacity(count)),
+            |(_, entries), k, e| entries.push((k, e)),
+        )
+    }
+
+    fn assert_same_entries(got: &Entries, want: &Entries) {
+        assert_eq!(got.len(), want.len());
+        for ((k1, e1), (k2, e2)) in want.iter().zip(got) {
             assert_eq!(k1, k2);
             assert_eq!(e1.value, e2.value);
             assert_eq!(e1.loaded_at, e2.loaded_at);
             assert_eq!(e1.expires_at, e2.expires_at);
+        }
+    }
+
+    fn corrupt_reason<T>(read: Result<T, ReadError>) -> String {
+        match read {
+            Err(ReadError::Decode(DecodeError::Corrupt(why))) => why,
+            Err(other) => panic!("expected Corrupt, got {other:?}"),
+            Ok(_) => panic!("expected Corrupt, got a decoded dump"),
+        }
+    }
+
+    #[test]
+    fn round_trip_keeps_values_and_times() {
+        let bytes = encode(100);
+        let back: Entries = read(&bytes, "b", 3).expect("decode");
+        assert_same_entries(&back, &entries(100));
+    }
+
+    #[test]
+    fn the_version_and_exact_flag_round_trip() {
+        for version in [
+            DumpVersion {
+                version: 123,
+                exact: true,
+            },
+            DumpVersion {
+                version: 124,
+                exact: false,
+            },
+            DumpVersion {
+                version: u64::MAX,
+                exact: true,
+            },
+        ] {
+            let bytes = encode_at(7, Some(version));
+            let (read, back) = read_versioned(&bytes).expect("decode");
+            assert_eq!(read, version);
+            assert_same_entries(&back, &entries(7));
+        }
+        // A writer that never sets it writes version 0, not exact.
+        let (read, _) = read_versioned(&encode(2)).expect("decode");
+        assert_eq!(read, DumpVersion::default());
+    }
+
+    /// The dump of `n` entries as format 1 laid it out, built by hand: the 36 bytes every format
+    /// shares (format 1 at 8, the checksum over the body alone), the name length at 36, the name
+    /// at 38, then the body (the records encode as they did).
+    fn format_1(n: u64) -> Vec<u8> {
+        let two = encode_at(
+            n,
+            Some(DumpVersion {
+                version: 9,
+                exact: true,
+            }),
+        );
+        let (_, start) = Header::read(&mut &two[..]).expect("header");
+        let body = &two[start..];
+        let mut out = Vec::new();
+        out.extend_from_slice(b"CWDUMP\0\n");
+        out.extend_from_slice(&1u32.to_le_bytes());
+        out.extend_from_slice(&3u32.to_le_bytes());
+        out.extend_from_slice(&n.to_le_bytes());
+        out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+        out.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
+        out.extend_from_slice(&1u16.to_le_bytes());
+        out.extend_from_slice(b"b");
+        out.extend_from_slice(body);
+        assert_eq!(out.len(), 38 + 1 + body.len());
+        out
+    }
+
+    #[test]
+    fn a_format_1_dump_reads_as_of_no_known_version() {
+        for n in [0, 1, 20] {
+            let (read, back) = read_versioned(&format_1(n)).expect("a format-1 dump decodes");
+            assert_eq!(read, DumpVersion::default(), "{n} entries");
+            assert_same_entries(&back, &entries(n));
+        }
+        // Damaged, it is refused as before.
+        let mut bad = format_1(3);
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        assert_eq!(corrupt_reason(read_versioned(&bad)), "checksum mismatch");
+    }
+
+    #[test]
+    fn every_bit_flip_in_the_version_and_flags_is_refused() {
+        let bytes = encode_at(
+            5,
+            Some(DumpVersion {
+                version: 123,
+                exact: true,
+            }),
+        );
+        for bit in COMMON_HEADER * 8..(COMMON_HEADER + VERSION_FIELDS) * 8 {
+            let mut bad = bytes.clone();
+            bad[bit / 8] ^= 1 << (bit % 8);
+            assert_eq!(
+                corrupt_reason(read_versioned(&bad)),
+                "checksum mismatch",
+                "bit {} of byte {}",
+                bit % 8,
+                bit / 8
+            );
+        }
+    }
+
+    #[test]
+    fn another_format_is_refused_naming_the_formats_read() {
+        for format in [0u32, 3, u32::MAX] {
+            let mut bytes = encode(2);
+            bytes[8..12].copy_from_slice(&format.to_le_bytes());
+            let why = corrupt_reason(read_versioned(&bytes));
+            assert!(
+                why.contains(&format!("format version {format}")) && why.contains("reads 1 and 2"),
+                "{why}"
+            );
         }
     }
 

@@ -16,6 +16,10 @@ use common::{
     write_dump,
 };
 
+/// Where the bucket name starts in the dumps a worker writes (format 2, `src/codec.rs`): after
+/// the 36 bytes every format has, the version and flags (under the checksum) and the name length.
+const NAME_AT: usize = 50;
+
 /// Starts a worker on a damaged dump and checks the outcome: a cold start (seeded, nothing
 /// restored, nothing served), the bad file moved to `<file>.corrupt` byte for byte, and nothing
 /// left at the original path.
@@ -133,14 +137,17 @@ async fn random_bytes_give_a_cold_start() {
                 .await;
         }
     }
-    // Random bytes behind a valid magic and format version get further into the decoder.
-    for size in [0usize, 1, 29, 30, 31, 100, 5000] {
-        for round in 0..3 {
-            let mut bad = b"CWDUMP\0\n".to_vec();
-            bad.extend_from_slice(&1u32.to_le_bytes());
-            bad.extend(rng.bytes(size));
-            assert_cold_and_moved_aside(&file, "random", &bad, &format!("magic + {size} #{round}"))
-                .await;
+    // Random bytes behind a valid magic and format version (both formats read) get further into
+    // the decoder.
+    for format in [1u32, 2] {
+        for size in [0usize, 1, 29, 30, 31, 37, 38, 39, 100, 5000] {
+            for round in 0..3 {
+                let mut bad = b"CWDUMP\0\n".to_vec();
+                bad.extend_from_slice(&format.to_le_bytes());
+                bad.extend(rng.bytes(size));
+                let case = format!("magic, format {format} + {size} #{round}");
+                assert_cold_and_moved_aside(&file, "random", &bad, &case).await;
+            }
         }
     }
 }
@@ -225,7 +232,9 @@ async fn torn_dumps_give_a_cold_start() {
     // Sampled truncations of a larger one, including right around the header.
     let large = write_dump(&source, "torn", 3000).await;
     let mut rng = Rng::new(0x7042_0002);
-    let mut lengths: Vec<usize> = vec![0, 37, 38, 41, 42, 43, large.len() - 1];
+    let header = NAME_AT + "torn".len();
+    let mut lengths: Vec<usize> = vec![0, 35, 36, 37, NAME_AT - 1, NAME_AT, header - 1, header];
+    lengths.extend([header + 1, large.len() - 1]);
     lengths.extend((0..40).map(|_| rng.below(large.len() as u64) as usize));
     for len in lengths {
         assert_cold_and_moved_aside(
@@ -242,7 +251,7 @@ async fn torn_dumps_give_a_cold_start() {
 async fn a_flipped_byte_in_the_body_gives_a_cold_start() {
     let (dir, source) = temp_dump("source.dump");
     let good = write_dump(&source, "flip", 8).await;
-    let body_start = 38 + "flip".len();
+    let body_start = NAME_AT + "flip".len();
     let file = dir.path().join("flip.dump");
     let mut rng = Rng::new(0xF11B_0003);
     for at in body_start..good.len() {
@@ -254,14 +263,14 @@ async fn a_flipped_byte_in_the_body_gives_a_cold_start() {
 
 #[tokio::test]
 async fn a_flipped_byte_in_the_header_is_never_a_warm_start() {
-    // The header is not covered by the checksum: a flip there is either a damaged dump (moved
-    // aside) or, in the bucket name or schema, a foreign one (left in place). Never a panic and
-    // never a partly served dump.
+    // Only the version and flags of the header are covered by the checksum: a flip there is a
+    // damaged dump (moved aside), elsewhere either a damaged dump or, in the bucket name or
+    // schema, a foreign one (left in place). Never a panic and never a partly served dump.
     let (dir, source) = temp_dump("source.dump");
     let good = write_dump(&source, "hdr", 8).await;
     let file = dir.path().join("hdr.dump");
     let aside = corrupt_path(&file);
-    for at in 0..38 + "hdr".len() {
+    for at in 0..NAME_AT + "hdr".len() {
         for bit in [0, 7] {
             let mut bad = good.clone();
             bad[at] ^= 1 << bit;

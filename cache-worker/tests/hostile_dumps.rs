@@ -1,14 +1,17 @@
 //! Hostile dump files against the dump codec (`cache_worker::__codec`: the functions a worker's
 //! dump writer and warm start use), with values shaped like the Vista sessions:
 //!
-//! - properties (proptest) over arbitrary records: the round trip; every single bit flip of the
-//!   header and sampled flips of the body, each answered as its field calls for; every
-//!   truncation; appended bytes; a lying entry count or body length; another bucket or schema;
-//!   random bytes, alone, behind a valid magic, and as a body with a valid length and checksum;
+//! - properties (proptest) over arbitrary records: the round trip, and the same records read
+//!   from a format-1 dump (as workers wrote before format 2) and from one at any version, exact
+//!   or not; every single bit flip of the header (in both formats) and sampled flips of the
+//!   body, each answered as its field calls for; every truncation; appended bytes; a lying entry
+//!   count or body length; another bucket or schema; random bytes, alone, behind a valid magic
+//!   (of format 1, 2 or any other), and as a body with a valid length and checksum;
 //! - allocation bounds, measured with a counting global allocator: a lying count, a lying body
 //!   length and a lying length prefix inside a record are refused without allocating what they
 //!   claim;
-//! - the fuzzer's regression corpus (`tests/corpus/`), each file with the answer it must get;
+//! - the fuzzer's regression corpus (`tests/corpus/`, dumps in format 1 and 2), each file with
+//!   the answer it must get;
 //! - through a worker: one flipped bit in the count of a large dump gives a cold start without a
 //!   huge allocation.
 //!
@@ -29,8 +32,9 @@ use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use cache_worker::__codec::{DecodeError, Record, decode as decode_as, encode};
 use model::{
-    BUCKET, COUNT_AT, FIXED_HEADER, Key, SCHEMA, SCHEMA_AT, Session, body_start, check, decode,
-    describe, reseal, set_body_len, set_count, varint,
+    BUCKET, COUNT_AT, FLAGS_AT, Key, Layout, SCHEMA, SCHEMA_AT, Session, V1, V2, VERSION_AT,
+    body_start, check, decode, describe, header, reseal, set_body_len, set_count, to_format_1,
+    varint,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -148,21 +152,25 @@ fn dump(
 // Properties
 // ---------------------------------------------------------------------------------------------
 
-/// What a single bit flip at byte `at` of a valid dump of ours must give, field by field. Only
-/// the body is under the checksum, so:
+/// What a single bit flip at byte `at` of a valid dump of ours in `layout` must give, field by
+/// field. Only the body and, in format 2, the version and flags are under the checksum, so:
 ///
-/// - magic, format version: `Corrupt` (not a dump of this format);
+/// - magic, format version: `Corrupt` (not a dump, or a format that is not read: one bit never
+///   turns format 1 into 2 or 2 into 1);
 /// - entry count: `Corrupt` (the records no longer fill the body exactly: fewer leave bytes over,
 ///   more run out of bytes; every record takes at least three bytes);
 /// - body length: `Corrupt` (no longer the length of what follows the header);
 /// - checksum: `Corrupt` (a CRC-32 one bit off never matches);
+/// - version, flags (format 2, bytes 36..48): `Corrupt` (under the checksum, which detects every
+///   single-bit error);
 /// - bucket name length: `Corrupt` (the body now starts elsewhere, so its length no longer
 ///   matches the header's, or the header runs past the end of the file);
 /// - schema: `Foreign` with the flipped schema and our bucket (the body is intact, the header
 ///   names another schema: it must not be refused as damaged, nor read as ours);
-/// - bucket name: `Foreign` with the flipped name if it is still UTF-8, else `Corrupt`;
+/// - bucket name (from `layout.fixed`: 50 in format 2, 38 in format 1, up to `start`): `Foreign`
+///   with the flipped name if it is still UTF-8, else `Corrupt`;
 /// - body: `Corrupt` (CRC-32 detects every single-bit error).
-fn after_flip(flipped: &[u8], at: usize, start: usize) -> Result<(), DecodeError> {
+fn after_flip(flipped: &[u8], at: usize, layout: &Layout, start: usize) -> Result<(), DecodeError> {
     if (SCHEMA_AT..SCHEMA_AT + 4).contains(&at) {
         let mut schema = [0; 4];
         schema.copy_from_slice(&flipped[SCHEMA_AT..SCHEMA_AT + 4]);
@@ -171,8 +179,8 @@ fn after_flip(flipped: &[u8], at: usize, start: usize) -> Result<(), DecodeError
             schema: u32::from_le_bytes(schema),
         });
     }
-    if (FIXED_HEADER..start).contains(&at)
-        && let Ok(name) = std::str::from_utf8(&flipped[FIXED_HEADER..start])
+    if (layout.fixed..start).contains(&at)
+        && let Ok(name) = std::str::from_utf8(&flipped[layout.fixed..start])
     {
         return Err(DecodeError::Foreign {
             bucket: name.to_owned(),
@@ -197,10 +205,27 @@ proptest! {
     fn any_records_survive_the_round_trip((records, bytes) in dump(0..24)) {
         let _shared = shared();
         let back = decode(&bytes).expect("an intact dump decodes");
-        prop_assert_eq!(back, records);
+        prop_assert_eq!(&back, &records);
         // And the writer is deterministic: the decoded records encode to the same bytes.
-        prop_assert_eq!(encode(BUCKET, SCHEMA, &decode(&bytes).expect("decode"))
-            .expect("encode"), bytes);
+        prop_assert_eq!(&encode(BUCKET, SCHEMA, &back).expect("encode"), &bytes);
+        // The same records in format 1, as a worker wrote them before format 2, read the same.
+        let old = to_format_1(&bytes).expect("a whole format-2 header");
+        prop_assert_eq!(decode(&old).expect("a format-1 dump decodes"), records);
+    }
+
+    #[test]
+    fn a_dump_at_any_version_reads_the_same_records(
+        (records, bytes) in dump(0..8),
+        version in any::<u64>(),
+        exact in any::<bool>(),
+    ) {
+        let _shared = shared();
+        // As a worker writes it at `version`: the fields under the checksum, sealed with them.
+        let mut bytes = bytes;
+        bytes[VERSION_AT..VERSION_AT + 8].copy_from_slice(&version.to_le_bytes());
+        bytes[FLAGS_AT..FLAGS_AT + 4].copy_from_slice(&u32::from(exact).to_le_bytes());
+        reseal(&mut bytes);
+        prop_assert_eq!(decode(&bytes).expect("an intact dump decodes"), records);
     }
 
     #[test]
@@ -208,15 +233,20 @@ proptest! {
         (_records, bytes) in dump(0..8)
     ) {
         let _shared = shared();
-        let start = body_start(&bytes).expect("a whole header");
-        for bit in 0..start * 8 {
-            let bad = flip(&bytes, bit);
-            let got = decode(&bad);
-            let want = after_flip(&bad, bit / 8, start);
-            prop_assert!(
-                same_answer(&got, &want),
-                "bit {} of byte {}: want {:?}, got {}", bit % 8, bit / 8, want, describe(&got)
-            );
+        let old = to_format_1(&bytes).expect("a whole format-2 header");
+        for (layout, bytes) in [(V2, bytes), (V1, old)] {
+            let (read, start) = header(&bytes).expect("a whole header");
+            prop_assert_eq!(&read, &layout, "`encode` writes format 2");
+            for bit in 0..start * 8 {
+                let bad = flip(&bytes, bit);
+                let got = decode(&bad);
+                let want = after_flip(&bad, bit / 8, &layout, start);
+                prop_assert!(
+                    same_answer(&got, &want),
+                    "format {}, bit {} of byte {}: want {:?}, got {}",
+                    layout.format, bit % 8, bit / 8, want, describe(&got)
+                );
+            }
         }
     }
 
@@ -312,11 +342,12 @@ proptest! {
 
     #[test]
     fn random_bytes_behind_a_valid_magic_get_the_answer_their_header_calls_for(
+        format in prop_oneof![Just(1u32), Just(2), any::<u32>()],
         rest in vec(any::<u8>(), 0..512),
     ) {
         let _shared = shared();
         let mut bytes = b"CWDUMP\0\n".to_vec();
-        bytes.extend_from_slice(&1u32.to_le_bytes());
+        bytes.extend_from_slice(&format.to_le_bytes());
         bytes.extend_from_slice(&rest);
         check(&bytes, &decode(&bytes));
     }
@@ -513,6 +544,8 @@ enum Outcome {
 /// Every file of `tests/corpus/`, with its answer; each must also stay within the allocation
 /// bound. The fuzzer's seeds (`fuzz/examples/seed_corpus.rs`: valid, foreign and damaged dumps)
 /// and what the fuzzer found (named after the target and the artifact; see RELIABILITY.md).
+/// All are in format 1, written before format 2 and kept as they were (old dumps still read),
+/// except the `format-2-*` seeds.
 const CORPUS: &[(&str, Outcome)] = &[
     ("empty.bin", Outcome::Records(0)),
     ("one.bin", Outcome::Records(1)),
@@ -544,6 +577,19 @@ const CORPUS: &[(&str, Outcome)] = &[
     ("mutate_dump-oom-574bcba7.bin", Outcome::Corrupt),
     ("mutate_dump-oom-696c930a.bin", Outcome::Corrupt),
     ("mutate_dump-oom-12e309f6.bin", Outcome::Corrupt),
+    ("format-2-five.bin", Outcome::Records(5)),
+    (
+        "format-2-five-exact-at-version-123.bin",
+        Outcome::Records(5),
+    ),
+    // The version and flags are under the checksum; the flipped flag claims "exact".
+    ("format-2-version-bit-flipped.bin", Outcome::Corrupt),
+    ("format-2-exact-flag-flipped.bin", Outcome::Corrupt),
+    ("format-2-name-length-bit-flipped.bin", Outcome::Corrupt),
+    (
+        "format-2-bucket-name-bit-flipped.bin",
+        Outcome::Foreign("Sessions", SCHEMA),
+    ),
 ];
 
 fn corpus_dir() -> PathBuf {

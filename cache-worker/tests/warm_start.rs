@@ -299,9 +299,11 @@ async fn a_seed_that_aborts_fails_the_start() {
 // ---------------------------------------------------------------------------------------------
 
 /// A dump of `String` → `u64`, decoded just far enough to rewrite entry times. The layout is the
-/// one documented in `src/codec.rs`: a 38-byte fixed header (magic, format, schema, count at
-/// 16, body length at 24, CRC-32 of the body at 32, bucket name length at 36), the bucket name,
-/// then `count` bincode-2 records `(key, value, loaded_at, expires_at)` with varint integers.
+/// one documented in `src/codec.rs` for format 2, which workers write: a 50-byte fixed header
+/// (magic, format, schema, count at 16, body length at 24, CRC-32 at 32 of the bytes 36..48 and
+/// the body, the bucket's version at 36 and flags at 44, bucket name length at 48), the bucket
+/// name, then `count` bincode-2 records `(key, value, loaded_at, expires_at)` with varint
+/// integers.
 struct DumpImage {
     header: Vec<u8>,
     records: Vec<Record>,
@@ -317,8 +319,8 @@ struct Record {
 
 impl DumpImage {
     fn parse(bytes: &[u8]) -> Self {
-        let name_len = u16::from_le_bytes([bytes[36], bytes[37]]) as usize;
-        let start = 38 + name_len;
+        let name_len = u16::from_le_bytes([bytes[48], bytes[49]]) as usize;
+        let start = 50 + name_len;
         let count = u64::from_le_bytes(bytes[16..24].try_into().expect("count"));
         let mut at = start;
         let mut records = Vec::new();
@@ -352,7 +354,8 @@ impl DumpImage {
         let mut out = self.header.clone();
         out[16..24].copy_from_slice(&(self.records.len() as u64).to_le_bytes());
         out[24..32].copy_from_slice(&(body.len() as u64).to_le_bytes());
-        out[32..36].copy_from_slice(&crc32(&body).to_le_bytes());
+        let checked = [&out[36..48], &body].concat();
+        out[32..36].copy_from_slice(&crc32(&checked).to_le_bytes());
         out.extend_from_slice(&body);
         out
     }

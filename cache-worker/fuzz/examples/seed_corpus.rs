@@ -1,15 +1,21 @@
 //! Writes the seed corpus of `decode_dump` into the directory given as the first argument:
 //! valid dumps of 0, 1 and 5 sessions, foreign ones, and damaged ones (torn, flipped bits in the
-//! header and the body, lying counts, lying length prefixes under a valid checksum).
+//! header and the body, lying counts, lying length prefixes under a valid checksum), each in
+//! format 1 (`<name>.bin`, the dumps workers wrote before format 2, which are still read) and in
+//! format 2 (`format-2-<name>.bin`, what `encode` writes), plus a format-2 dump at version 123,
+//! exact, and format-2 dumps with a flipped bit in the version or the flags (under the checksum).
 //!
 //! ```sh
 //! cargo run --manifest-path cache-worker/fuzz/Cargo.toml --example seed_corpus -- cache-worker/fuzz/seeds/decode_dump
 //! ```
+//!
+//! `tests/corpus/` keeps copies of some of these (the format-1 ones were written before format
+//! 2; this writes them byte for byte the same).
 
 use std::path::PathBuf;
 
 use cache_worker::__codec::encode;
-use cache_worker_fuzz::model::{self, BUCKET, SCHEMA, Session};
+use cache_worker_fuzz::model::{self, BUCKET, FLAGS_AT, Layout, SCHEMA, Session, VERSION_AT};
 
 fn session(i: u32) -> Session {
     Session {
@@ -36,9 +42,18 @@ fn records(n: u32) -> Vec<(String, Session, u64, u64)> {
         .collect()
 }
 
-fn main() {
-    let dir = PathBuf::from(std::env::args().nth(1).expect("usage: seed_corpus <dir>"));
-    std::fs::create_dir_all(&dir).expect("create the corpus directory");
+/// A dump as `encode` writes it (format 2), or rewritten in format 1.
+fn dump(bucket: &str, schema: u32, n: u32, layout: &Layout) -> Vec<u8> {
+    let bytes = encode(bucket, schema, &records(n)).expect("encode");
+    if *layout == model::V1 {
+        model::to_format_1(&bytes).expect("a whole format-2 header")
+    } else {
+        bytes
+    }
+}
+
+/// The seeds in one format.
+fn seeds(layout: &Layout) -> Vec<(&'static str, Vec<u8>)> {
     let mut seeds: Vec<(&str, Vec<u8>)> = Vec::new();
     for n in [0, 1, 5] {
         let name: &str = match n {
@@ -46,17 +61,11 @@ fn main() {
             1 => "one",
             _ => "five",
         };
-        seeds.push((name, encode(BUCKET, SCHEMA, &records(n)).expect("encode")));
+        seeds.push((name, dump(BUCKET, SCHEMA, n, layout)));
     }
-    seeds.push((
-        "foreign-bucket",
-        encode("cinemas", SCHEMA, &records(2)).expect("encode"),
-    ));
-    seeds.push((
-        "foreign-schema",
-        encode(BUCKET, SCHEMA + 1, &records(2)).expect("encode"),
-    ));
-    let five = encode(BUCKET, SCHEMA, &records(5)).expect("encode");
+    seeds.push(("foreign-bucket", dump("cinemas", SCHEMA, 2, layout)));
+    seeds.push(("foreign-schema", dump(BUCKET, SCHEMA + 1, 2, layout)));
+    let five = dump(BUCKET, SCHEMA, 5, layout);
     seeds.push(("torn", five[..five.len() / 2].to_vec()));
     let mut lying_count = five.clone();
     model::set_count(&mut lying_count, u64::MAX);
@@ -84,12 +93,34 @@ fn main() {
     schema_flipped[model::SCHEMA_AT] ^= 1;
     seeds.push(("schema-bit-flipped", schema_flipped));
     let mut name_len_flipped = five.clone();
-    name_len_flipped[model::NAME_LEN_AT] ^= 1;
+    name_len_flipped[layout.name_len_at] ^= 1;
     seeds.push(("name-length-bit-flipped", name_len_flipped));
+    if *layout == model::V2 {
+        // `encode` writes version 0, not exact: a dump at a version, as a worker writes it.
+        let mut versioned = five.clone();
+        versioned[VERSION_AT..VERSION_AT + 8].copy_from_slice(&123u64.to_le_bytes());
+        versioned[FLAGS_AT..FLAGS_AT + 4].copy_from_slice(&1u32.to_le_bytes());
+        model::reseal(&mut versioned);
+        seeds.push(("five-exact-at-version-123", versioned));
+        let mut version_flipped = five.clone();
+        version_flipped[VERSION_AT] ^= 1;
+        seeds.push(("version-bit-flipped", version_flipped));
+        let mut exact_flipped = five.clone();
+        exact_flipped[FLAGS_AT] ^= 1;
+        seeds.push(("exact-flag-flipped", exact_flipped));
+    }
     let mut name_flipped = five;
-    name_flipped[model::FIXED_HEADER] ^= 0x20;
+    name_flipped[layout.fixed] ^= 0x20;
     seeds.push(("bucket-name-bit-flipped", name_flipped));
-    for (name, bytes) in seeds {
-        std::fs::write(dir.join(format!("{name}.bin")), bytes).expect("write a seed");
+    seeds
+}
+
+fn main() {
+    let dir = PathBuf::from(std::env::args().nth(1).expect("usage: seed_corpus <dir>"));
+    std::fs::create_dir_all(&dir).expect("create the corpus directory");
+    for (layout, prefix) in [(model::V1, ""), (model::V2, "format-2-")] {
+        for (name, bytes) in seeds(&layout) {
+            std::fs::write(dir.join(format!("{prefix}{name}.bin")), bytes).expect("write a seed");
+        }
     }
 }

@@ -105,19 +105,14 @@ pub fn apply(bytes: &mut Vec<u8>, edit: &Edit) {
         Edit::Count(count) => model::set_count(bytes, *count),
         Edit::BodyLen(len) => model::set_body_len(bytes, *len),
         Edit::Schema(schema) => {
-            if bytes.len() >= model::FIXED_HEADER {
+            if bytes.len() >= model::COMMON_HEADER {
                 bytes[model::SCHEMA_AT..model::SCHEMA_AT + 4]
                     .copy_from_slice(&schema.to_le_bytes());
             }
         }
-        Edit::NameLen(len) => {
-            if bytes.len() >= model::FIXED_HEADER {
-                bytes[model::NAME_LEN_AT..model::NAME_LEN_AT + 2]
-                    .copy_from_slice(&len.to_le_bytes());
-            }
-        }
+        Edit::NameLen(len) => model::set_name_len(bytes, *len),
         Edit::Checksum(crc) => {
-            if bytes.len() >= model::FIXED_HEADER {
+            if bytes.len() >= model::COMMON_HEADER {
                 bytes[model::CRC_AT..model::CRC_AT + 4].copy_from_slice(&crc.to_le_bytes());
             }
         }

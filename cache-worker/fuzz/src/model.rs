@@ -3,10 +3,19 @@
 //! `#[path]`), so that an input the fuzzer saved replays in the test exactly as it was found.
 //!
 //! The oracle reads the header by the layout documented in `src/codec.rs`, independently of the
-//! codec: the magic "CWDUMP\0\n", format version 1 (u32 LE at 8), schema (u32 LE at 12), entry
-//! count (u64 LE at 16), body length (u64 LE at 24), CRC-32 of the body (u32 LE at 32), bucket
-//! name length (u16 LE at 36), the bucket name, then the body. Only the body is under the
-//! checksum, so the header fields are checked one by one.
+//! codec. Every format starts with the magic "CWDUMP\0\n", the format version (u32 LE at 8),
+//! schema (u32 LE at 12), entry count (u64 LE at 16), body length (u64 LE at 24) and a CRC-32
+//! (u32 LE at 32); the format version decides the rest:
+//!
+//! - format 2 (what `encode` writes): the bucket's version (u64 LE at 36), flags (u32 LE at 44),
+//!   the bucket name length (u16 LE at 48), the name (at 50), then the body; the checksum covers
+//!   bytes 36..48 followed by the body;
+//! - format 1 (still read): the name length (u16 LE at 36), the name (at 38), then the body; the
+//!   checksum covers the body alone;
+//! - any other format: `Corrupt`.
+//!
+//! The version and flags are checked only through the checksum (the decoder does not answer
+//! with them); the other header fields are outside it, so they are checked one by one.
 #![allow(dead_code, unreachable_pub)]
 
 use cache_worker::__codec::{DecodeError, Record};
@@ -16,15 +25,52 @@ use serde::{Deserialize, Serialize};
 pub const BUCKET: &str = "sessions";
 /// The schema version every target decodes for.
 pub const SCHEMA: u32 = 7;
-/// The size of the fixed part of the header.
-pub const FIXED_HEADER: usize = 38;
-/// Offsets of the header fields.
+/// Offsets of the header fields every format has.
 pub const FORMAT_AT: usize = 8;
 pub const SCHEMA_AT: usize = 12;
 pub const COUNT_AT: usize = 16;
 pub const BODY_LEN_AT: usize = 24;
 pub const CRC_AT: usize = 32;
-pub const NAME_LEN_AT: usize = 36;
+/// The size of the header fields every format has (up to and with the checksum).
+pub const COMMON_HEADER: usize = 36;
+/// Format 2: offsets of the bucket's version and the flags (under the checksum), and of the
+/// name length; the size of the fixed part of the header (where the name starts).
+pub const VERSION_AT: usize = 36;
+pub const FLAGS_AT: usize = 44;
+pub const NAME_LEN_AT_V2: usize = 48;
+pub const FIXED_HEADER_V2: usize = 50;
+/// Format 1: offset of the name length; the size of the fixed part of the header.
+pub const NAME_LEN_AT_V1: usize = 36;
+pub const FIXED_HEADER_V1: usize = 38;
+
+/// Where one format keeps what follows the common header.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layout {
+    /// The format version.
+    pub format: u32,
+    /// The offset of the bucket name length (u16 LE).
+    pub name_len_at: usize,
+    /// The size of the fixed part of the header: where the bucket name starts.
+    pub fixed: usize,
+    /// The header bytes under the checksum, which covers them and then the body.
+    pub checked: std::ops::Range<usize>,
+}
+
+/// The layout of format 2.
+pub const V2: Layout = Layout {
+    format: 2,
+    name_len_at: NAME_LEN_AT_V2,
+    fixed: FIXED_HEADER_V2,
+    checked: VERSION_AT..NAME_LEN_AT_V2,
+};
+
+/// The layout of format 1.
+pub const V1: Layout = Layout {
+    format: 1,
+    name_len_at: NAME_LEN_AT_V1,
+    fixed: FIXED_HEADER_V1,
+    checked: COMMON_HEADER..COMMON_HEADER,
+};
 
 /// A value shaped like the Vista sessions: strings, integers of several widths, a list and an
 /// optional field.
@@ -78,34 +124,61 @@ fn u64_at(bytes: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b)
 }
 
-/// Where the body starts, if the header is whole.
-pub fn body_start(bytes: &[u8]) -> Option<usize> {
-    if bytes.len() < FIXED_HEADER {
+/// The layout `bytes` are in, by their format version (`None`: too short to have one, or a
+/// format that is not read). The magic is not looked at.
+pub fn layout(bytes: &[u8]) -> Option<Layout> {
+    if bytes.len() < FORMAT_AT + 4 {
         return None;
     }
-    let name_len = usize::from(u16::from_le_bytes([
-        bytes[NAME_LEN_AT],
-        bytes[NAME_LEN_AT + 1],
-    ]));
-    (FIXED_HEADER + name_len <= bytes.len()).then_some(FIXED_HEADER + name_len)
+    match u32_at(bytes, FORMAT_AT) {
+        1 => Some(V1),
+        2 => Some(V2),
+        _ => None,
+    }
+}
+
+/// The layout of `bytes` and where their body starts, if the header is whole (in a format that
+/// is read).
+pub fn header(bytes: &[u8]) -> Option<(Layout, usize)> {
+    let layout = layout(bytes)?;
+    if bytes.len() < layout.fixed {
+        return None;
+    }
+    let at = layout.name_len_at;
+    let start = layout.fixed + usize::from(u16::from_le_bytes([bytes[at], bytes[at + 1]]));
+    (start <= bytes.len()).then_some((layout, start))
+}
+
+/// Where the body starts, if the header is whole (in a format that is read).
+pub fn body_start(bytes: &[u8]) -> Option<usize> {
+    header(bytes).map(|(_, start)| start)
+}
+
+/// The CRC-32 the header of `bytes` must hold: over the header bytes its format puts under the
+/// checksum, then the body (from `start`).
+fn checksum(bytes: &[u8], layout: &Layout, start: usize) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&bytes[layout.checked.clone()]);
+    hasher.update(&bytes[start..]);
+    hasher.finalize()
 }
 
 /// What the decoder must answer for `bytes`, by the documented layout.
 pub fn expected(bytes: &[u8]) -> Expected {
-    let Some(start) = body_start(bytes) else {
+    let Some((layout, start)) = header(bytes) else {
         return Expected::Corrupt;
     };
-    if &bytes[..8] != b"CWDUMP\0\n" || u32_at(bytes, FORMAT_AT) != 1 {
+    if &bytes[..8] != b"CWDUMP\0\n" {
         return Expected::Corrupt;
     }
-    let Ok(name) = std::str::from_utf8(&bytes[FIXED_HEADER..start]) else {
+    let Ok(name) = std::str::from_utf8(&bytes[layout.fixed..start]) else {
         return Expected::Corrupt;
     };
     let body = &bytes[start..];
     if body.len() as u64 != u64_at(bytes, BODY_LEN_AT) {
         return Expected::Corrupt;
     }
-    let intact = crc32fast::hash(body) == u32_at(bytes, CRC_AT);
+    let intact = checksum(bytes, &layout, start) == u32_at(bytes, CRC_AT);
     let schema = u32_at(bytes, SCHEMA_AT);
     if name != BUCKET || schema != SCHEMA {
         let bucket = name.to_owned();
@@ -121,6 +194,22 @@ pub fn expected(bytes: &[u8]) -> Expected {
     Expected::Ours {
         count: u64_at(bytes, COUNT_AT),
     }
+}
+
+/// The same dump in format 1, as a worker wrote it before format 2: without the version and
+/// flags, the checksum over the body alone. `None` unless `bytes` have a whole format-2 header.
+pub fn to_format_1(bytes: &[u8]) -> Option<Vec<u8>> {
+    let (layout, start) = header(bytes)?;
+    if layout != V2 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(bytes.len() - (V2.fixed - V1.fixed));
+    out.extend_from_slice(&bytes[..COMMON_HEADER]);
+    out.extend_from_slice(&bytes[V2.name_len_at..]);
+    out[FORMAT_AT..FORMAT_AT + 4].copy_from_slice(&1u32.to_le_bytes());
+    let crc = crc32fast::hash(&bytes[start..]);
+    out[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_le_bytes());
+    Some(out)
 }
 
 /// Panics unless `decoded` is an answer the decoder may give for `bytes`.
@@ -159,30 +248,42 @@ pub fn describe(decoded: &Decoded) -> String {
     }
 }
 
-/// Rewrites the body length and checksum to match whatever follows the header now, so that a
-/// damaged body gets past the integrity check and into the record decoder (a hostile file, or a
-/// dump written by another value type under the same schema). No-op without a whole header.
+/// Rewrites the body length and checksum to match whatever follows the header now (and, in
+/// format 2, the version and flags as they are now), so that a damaged body gets past the
+/// integrity check and into the record decoder (a hostile file, or a dump written by another
+/// value type under the same schema). No-op without a whole header.
 pub fn reseal(bytes: &mut [u8]) {
-    let Some(start) = body_start(bytes) else {
+    let Some((layout, start)) = header(bytes) else {
         return;
     };
     let len = (bytes.len() - start) as u64;
-    let crc = crc32fast::hash(&bytes[start..]);
+    let crc = checksum(bytes, &layout, start);
     bytes[BODY_LEN_AT..BODY_LEN_AT + 8].copy_from_slice(&len.to_le_bytes());
     bytes[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_le_bytes());
 }
 
-/// Sets the header's entry count (no-op on a file shorter than the fixed header).
+/// Sets the header's entry count (no-op on a file shorter than the common header).
 pub fn set_count(bytes: &mut [u8], count: u64) {
-    if bytes.len() >= FIXED_HEADER {
+    if bytes.len() >= COMMON_HEADER {
         bytes[COUNT_AT..COUNT_AT + 8].copy_from_slice(&count.to_le_bytes());
     }
 }
 
-/// Sets the header's body length (no-op on a file shorter than the fixed header).
+/// Sets the header's body length (no-op on a file shorter than the common header).
 pub fn set_body_len(bytes: &mut [u8], len: u64) {
-    if bytes.len() >= FIXED_HEADER {
+    if bytes.len() >= COMMON_HEADER {
         bytes[BODY_LEN_AT..BODY_LEN_AT + 8].copy_from_slice(&len.to_le_bytes());
+    }
+}
+
+/// Sets the header's bucket name length, where the format keeps it (no-op without the fixed
+/// part of a header in a format that is read).
+pub fn set_name_len(bytes: &mut [u8], len: u16) {
+    if let Some(layout) = layout(bytes)
+        && bytes.len() >= layout.fixed
+    {
+        let at = layout.name_len_at;
+        bytes[at..at + 2].copy_from_slice(&len.to_le_bytes());
     }
 }
 
