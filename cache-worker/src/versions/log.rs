@@ -37,7 +37,8 @@ pub(crate) struct Merged<K, V> {
     pub(crate) value: Option<Arc<V>>,
     /// The value a client at the version it was merged from holds; `None` if it had none.
     pub(crate) before: Option<Arc<V>>,
-    /// The version of the key's last change.
+    /// The version of the key's last change: the SSE catch-up's event ids (feature `http`).
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
     pub(crate) version: u64,
 }
 
