@@ -5,20 +5,26 @@
 //! temporary directory, lists the next sessions, and prints seat changes and removals as they
 //! happen. A second run starts warm from the dumps.
 //!
+//! While it watches it also serves the live page (`cache_worker_examples::live`) on loopback:
+//! open the URL it prints to see the next sessions update themselves as seats sell.
+//!
 //! ```text
 //! cargo run --example vista                     # cold: loads from the fake server
 //! cargo run --example vista                     # warm: restored from the dumps
-//! VISTA_DEMO_SECS=60 cargo run --example vista  # watch longer (default 20 s)
+//! VISTA_DEMO_SECS=600 cargo run --example vista # watch (and serve the page) longer (default 20 s)
+//! VISTA_DEMO_PORT=8080 cargo run --example vista  # the page on a fixed port (default: any free one)
 //! VISTA_API_URL=https://vista.example:8080/WSVistaWebClient/ VISTA_API_TOKEN=... \
 //!     cargo run --example vista                 # a real Vista server instead of the fake
 //! ```
 
+use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use cache_worker::vista::testing::FakeVista;
 use cache_worker::vista::{Cinemas, Feed, Films, Session, Sessions, VistaClient, VistaWorker};
 use cache_worker::{Event, StartKind, Worker};
+use cache_worker_examples::live;
 use futures_util::StreamExt;
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
@@ -47,6 +53,13 @@ async fn main() -> Result<(), BoxError> {
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(20),
     );
+    let port: u16 = match std::env::var("VISTA_DEMO_PORT") {
+        Ok(port) => port
+            .trim()
+            .parse()
+            .map_err(|_| format!("VISTA_DEMO_PORT={port:?} is not a port number"))?,
+        Err(_) => 0,
+    };
     let dir = std::env::temp_dir().join("cache-worker-vista-demo");
     // The workers create this directory at start if it is missing.
 
@@ -76,6 +89,16 @@ async fn main() -> Result<(), BoxError> {
     let cinemas = start(Cinemas::new(client.clone()), &dir).await?;
     let films = start(Films::new(client.clone()), &dir).await?;
     let sessions = start(Sessions::new(client), &dir).await?;
+
+    // The live page, served from now until the end of the watch: it fills in as the workers load.
+    let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port)).await?;
+    println!("live page:    http://{}/\n", listener.local_addr()?);
+    let app = live::app(sessions.clone(), cinemas.clone(), films.clone());
+    let page = tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, app).await {
+            println!("the live page stopped: {error}");
+        }
+    });
     let warm = [
         cinemas.stats().restored,
         films.stats().restored,
@@ -139,7 +162,10 @@ async fn main() -> Result<(), BoxError> {
     }
 
     // Watch the changes as they happen.
-    println!("\nwatching for {} (Ctrl-C stops):", secs(watch));
+    println!(
+        "\nwatching for {} (the live page too; Ctrl-C stops):",
+        secs(watch)
+    );
     let mut events = sessions.subscribe();
     let deadline = tokio::time::Instant::now() + watch;
     let mut reload =
@@ -185,6 +211,8 @@ async fn main() -> Result<(), BoxError> {
         }
     }
     println!("{changes} seat changes, {removals} removals\n");
+    // Its event streams never end on their own: stop the page, then the workers.
+    page.abort();
 
     // Final dumps, then the counters of the sessions worker.
     let began = Instant::now();

@@ -2,7 +2,7 @@
 //! floor or peer in one run and writes `BENCHMARKS.md` at the workspace root.
 //!
 //! ```text
-//! cargo bench -p cache-worker --bench report            # writes BENCHMARKS.md
+//! cargo bench -p cache-worker --features http --bench report            # writes BENCHMARKS.md
 //! CACHE_WORKER_BENCH_SCALE=0.1 cargo bench ... --bench report   # a smaller, faster run
 //! ```
 //!
@@ -21,6 +21,9 @@ use std::time::{Duration, Instant};
 use cache_worker::{Builder, CacheWorker, Worker};
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
+
+#[path = "report/sync.rs"]
+mod sync;
 
 /// About the shape of a Vista session: a few strings and numbers (~70 bytes encoded).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -835,6 +838,10 @@ fn main() {
         eprintln!("dumps and warm start…");
         dumps(&mut rows, &rt, big);
     }
+    if run("sync") {
+        eprintln!("delta sync…");
+        sync::sync(&mut rows, &rt, small);
+    }
 
     let mut md = String::new();
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
@@ -853,7 +860,7 @@ fn main() {
     writeln!(md, "# Benchmarks\n").unwrap();
     writeln!(
         md,
-        "Measured by `cargo bench -p cache-worker --bench report` on {date}: {cpu}, {} threads available, scale {scale}. \
+        "Measured by `cargo bench -p cache-worker --features http --bench report` on {date}: {cpu}, {} threads available, scale {scale}. \
          Each figure and its peer were measured moments apart in one process (best of several rounds); \
          absolute times on this shared machine are noise, the ratios are the result.\n",
         std::thread::available_parallelism().map_or(0, |n| n.get())
@@ -897,7 +904,14 @@ const NOTES: &str = "
 - Memory per entry is the growth of the resident set while the entries are inserted, the raw
   map and the worker each in a fresh process; the peak during a warm start is measured in a fresh child process
   (`VmHWM` reset through `/proc/self/clear_refs`, against `VmRSS` once started).
-- `CACHE_WORKER_BENCH_ONLY=dumps` (or `memory`, `reads`, `scaling`, `coalescing`, `refresh`)
+- Delta sync: the client is 100 changes behind a bucket of 100k sessions (100 sessions with a
+  seat count changed); the HTTP rows fetch `GET /?since=V` and `GET /` of `http::router` over
+  loopback, one connection each, best of five. The SSE row connects 1000 clients to
+  `GET /events` (plain sockets, each reading its stream on its own task), waits until each has
+  its first `full`, then inserts 50 changes 20 ms apart and takes, for each change, the time
+  from `insert` to the last of the 1000 clients reading its `id:` line; server and clients
+  share the two cores.
+- `CACHE_WORKER_BENCH_ONLY=dumps` (or `memory`, `reads`, `scaling`, `coalescing`, `refresh`, `sync`)
   runs one section and prints its rows without writing this file;
   `CACHE_WORKER_BENCH_SCALE=0.5` halves the large sets.
 

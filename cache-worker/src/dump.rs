@@ -285,7 +285,7 @@ fn continue_versions<W: CacheWorker>(
     log.restored(dumped.version, dumped.exact);
     if dumped.exact {
         for (key, value) in expired {
-            log.append(|| key, None, Some(value), now);
+            log.append(&key, None, Some(value), now);
         }
     }
 }

@@ -259,12 +259,12 @@ impl<W: CacheWorker> Worker<W> {
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), cache_worker::Error> {
     /// let prices = Worker::builder(Prices).start().await?;
-    /// prices.insert("a".to_string(), 1)?;
+    /// prices.insert("a".to_string(), 1);
     /// let Changes::Full { version, entries } = prices.changes_since(None) else { unreachable!() };
     /// assert_eq!(entries.len(), 1);
     ///
-    /// prices.insert("a".to_string(), 2)?;
-    /// prices.insert("b".to_string(), 3)?;
+    /// prices.insert("a".to_string(), 2);
+    /// prices.insert("b".to_string(), 3);
     /// let Changes::Delta { from, changes, .. } = prices.changes_since(Some(version)) else { unreachable!() };
     /// assert_eq!(from, version);
     /// assert!(matches!(&changes[..], [Change::Put { .. }, Change::Put { .. }]));

@@ -148,9 +148,10 @@ impl<W: CacheWorker> Inner<W> {
     /// Stores a value (inserting the key if needed) and reports the change.
     pub(crate) fn store(&self, key: Key<W>, value: Arc<Value<W>>, source: Source) {
         let entry = self.entry_now(&key, value.clone());
+        let at = entry.loaded_at;
         let mut order = self.write_order.lock();
         let change = self.bucket.store(key.clone(), entry);
-        self.after_change(&mut order, key.clone(), value.clone(), change, source);
+        self.after_change(&mut order, at, key.clone(), value.clone(), change, source);
         drop(order);
         self.schedule(&key, &value);
     }
@@ -159,6 +160,7 @@ impl<W: CacheWorker> Inner<W> {
     /// loaded (`stale`): that write is newer.
     pub(crate) fn store_loaded(&self, key: Key<W>, value: Arc<Value<W>>, stale: &AtomicBool) {
         let entry = self.entry_now(&key, value.clone());
+        let at = entry.loaded_at;
         let mut order = self.write_order.lock();
         if stale.load(Ordering::Relaxed) {
             return;
@@ -166,7 +168,14 @@ impl<W: CacheWorker> Inner<W> {
         let Some(change) = self.bucket.store_vacant(key.clone(), entry) else {
             return;
         };
-        self.after_change(&mut order, key.clone(), value.clone(), change, Source::Load);
+        self.after_change(
+            &mut order,
+            at,
+            key.clone(),
+            value.clone(),
+            change,
+            Source::Load,
+        );
         drop(order);
         self.schedule(&key, &value);
     }
@@ -180,11 +189,13 @@ impl<W: CacheWorker> Inner<W> {
         basis: u64,
     ) -> Option<bool> {
         let entry = self.entry_now(&key, value.clone());
+        let at = entry.loaded_at;
         let mut order = self.write_order.lock();
         let change = self.bucket.store_existing(&key, entry, basis)?;
         let changed = !matches!(change, Change::Unchanged);
         self.after_change(
             &mut order,
+            at,
             key.clone(),
             value.clone(),
             change,
@@ -202,7 +213,7 @@ impl<W: CacheWorker> Inner<W> {
         let Some((key, entry)) = self.bucket.remove_same(key, basis, now) else {
             return false;
         };
-        self.after_remove(&mut order, key, entry.value, RemovalCause::Gone);
+        self.after_remove(&mut order, now, key, entry.value, RemovalCause::Gone);
         true
     }
 
@@ -212,16 +223,23 @@ impl<W: CacheWorker> Inner<W> {
         let Some(entry) = self.bucket.remove_expired(key, now) else {
             return false;
         };
-        self.after_remove(&mut order, key.clone(), entry.value, RemovalCause::Expired);
+        self.after_remove(
+            &mut order,
+            now,
+            key.clone(),
+            entry.value,
+            RemovalCause::Expired,
+        );
         true
     }
 
-    /// Counts, traces, marks the dump dirty, versions and logs one change and emits its event.
-    /// Called with `write_order` held (`log` is what it guards); the caller then calls
-    /// [`schedule`](Self::schedule) without it.
+    /// Counts, traces, marks the dump dirty, versions and logs one change (made at `at`, ms)
+    /// and emits its event. Called with `write_order` held (`log` is what it guards); the
+    /// caller then calls [`schedule`](Self::schedule) without it.
     pub(crate) fn after_change(
         &self,
         log: &mut ChangeLog<Key<W>, Value<W>>,
+        at: u64,
         key: Key<W>,
         value: Arc<Value<W>>,
         change: Change<Value<W>>,
@@ -237,12 +255,7 @@ impl<W: CacheWorker> Inner<W> {
                 bump(&self.stats.inserted);
                 tracing::debug!(bucket, key = ?key, ?source, "{bucket}.inserted");
                 self.mark_dirty();
-                let version = log.append(
-                    || key.clone(),
-                    Some(value.clone()),
-                    None,
-                    self.clock.now_ms(),
-                );
+                let version = log.append(&key, Some(value.clone()), None, at);
                 self.emit(|| Event::Inserted {
                     key,
                     value,
@@ -253,12 +266,7 @@ impl<W: CacheWorker> Inner<W> {
                 bump(&self.stats.updated);
                 tracing::debug!(bucket, key = ?key, ?source, "{bucket}.updated");
                 self.mark_dirty();
-                let version = log.append(
-                    || key.clone(),
-                    Some(value.clone()),
-                    Some(previous.clone()),
-                    self.clock.now_ms(),
-                );
+                let version = log.append(&key, Some(value.clone()), Some(previous.clone()), at);
                 self.emit(|| Event::Updated {
                     key,
                     value,
@@ -267,8 +275,8 @@ impl<W: CacheWorker> Inner<W> {
                 });
             }
             Change::AfterExpiry { expired } => {
-                self.after_remove(log, key.clone(), expired, RemovalCause::Expired);
-                self.after_change(log, key, value, Change::Inserted, source);
+                self.after_remove(log, at, key.clone(), expired, RemovalCause::Expired);
+                self.after_change(log, at, key, value, Change::Inserted, source);
             }
         }
     }
@@ -277,6 +285,7 @@ impl<W: CacheWorker> Inner<W> {
     pub(crate) fn after_remove(
         &self,
         log: &mut ChangeLog<Key<W>, Value<W>>,
+        at: u64,
         key: Key<W>,
         value: Arc<Value<W>>,
         cause: RemovalCause,
@@ -289,12 +298,7 @@ impl<W: CacheWorker> Inner<W> {
         let bucket = self.bucket_name();
         tracing::debug!(bucket, key = ?key, ?cause, "{bucket}.removed");
         self.mark_dirty();
-        let version = log.append(
-            || key.clone(),
-            None,
-            Some(value.clone()),
-            self.clock.now_ms(),
-        );
+        let version = log.append(&key, None, Some(value.clone()), at);
         self.emit(|| Event::Removed {
             key,
             cause,
@@ -319,11 +323,12 @@ impl<W: CacheWorker> Inner<W> {
         let (key, entry) = self.bucket.remove(key)?;
         if entry.expired(now) {
             // Gone already for readers: what it had is not handed back.
-            self.after_remove(&mut order, key, entry.value, RemovalCause::Expired);
+            self.after_remove(&mut order, now, key, entry.value, RemovalCause::Expired);
             return None;
         }
         self.after_remove(
             &mut order,
+            now,
             key,
             entry.value.clone(),
             RemovalCause::Invalidated,

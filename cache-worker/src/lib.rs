@@ -52,6 +52,7 @@
 //! |---|---|---|
 //! | `macros` | yes | the [`#[cache_worker]`](macro@cache_worker) attribute (through `cache-worker-derive`) |
 //! | `vista` | no | the [`vista`] module: a client for the Vista Connect cinema API, its models, and the `Sessions`, `Cinemas` and `Films` workers over it (pulls in `reqwest` with `rustls`, and `jiff`, re-exported as `vista::jiff`) |
+//! | `http` | no | the [`http`] module: [`http::router`], an `axum` router that serves a bucket's delta sync as JSON (`GET /?since=V`, with merge patches) and its changes as Server-Sent Events (`GET /events`), to nest in an application (pulls in `axum` and `serde_json`) |
 //! | `vista-testing` | no | `vista::testing`: a fake Vista server on loopback with a recorded feed, for tests and demos (implies `vista`, pulls in `axum`) |
 //!
 //! Without `macros`, [`Worker::builder`] is the whole API, and the proc-macro crate (with `syn`)
@@ -87,6 +88,9 @@ mod stats;
 mod versions;
 mod worker;
 
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub mod http;
 #[cfg(feature = "vista")]
 #[cfg_attr(docsrs, doc(cfg(feature = "vista")))]
 pub mod vista;
@@ -112,8 +116,7 @@ pub mod __private {
     pub use crate::config::Attributes;
     pub use crate::slot::Slot;
     pub use crate::{
-        Builder, CacheWorker, Changes, Error, EventStream, FetchError, RefreshReport, Stats,
-        Worker,
+        Builder, CacheWorker, Changes, Error, EventStream, FetchError, RefreshReport, Stats, Worker,
     };
     pub use std::borrow::Borrow;
     pub use std::future::Future;

@@ -521,13 +521,13 @@ fn replace_all<W: CacheWorker>(
             Change::Unchanged => report.unchanged += 1,
         }
         stored.push((key.clone(), value.clone()));
-        inner.after_change(&mut order, key, value, change, Source::Refresh);
+        inner.after_change(&mut order, now, key, value, change, Source::Refresh);
     }
     for (key, value, cause) in diff.removed {
         if cause == RemovalCause::Gone {
             report.removed += 1;
         }
-        inner.after_remove(&mut order, key, value, cause);
+        inner.after_remove(&mut order, now, key, value, cause);
     }
     drop(order);
     for (key, value) in stored {

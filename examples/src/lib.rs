@@ -1,1 +1,4 @@
-//! Runnable examples live beside this crate: `cargo run --example <name>`.
+//! Runnable examples live beside this crate: `cargo run --example <name>`. The library holds
+//! what an example serves and a test drives: [`live`], the live page of the Vista demo.
+
+pub mod live;

@@ -104,10 +104,12 @@ impl<K: Clone + Eq + Hash, V> ChangeLog<K, V> {
         self.published.store(start, Ordering::Release);
     }
 
-    /// Records one change and returns its version. `key` is called only if the change is kept.
+    /// Records one change, made at `now_ms`, and returns its version. Once the log holds
+    /// `delta_threshold` changes, the oldest one's record is reused for the new one (its key's
+    /// allocation too, through `clone_from`), so a write at steady state allocates nothing here.
     pub(crate) fn append(
         &mut self,
-        key: impl FnOnce() -> K,
+        key: &K,
         value: Option<Arc<V>>,
         before: Option<Arc<V>>,
         now_ms: u64,
@@ -116,16 +118,21 @@ impl<K: Clone + Eq + Hash, V> ChangeLog<K, V> {
         let version = self.version;
         if self.threshold == 0 {
             self.floor = version;
+        } else if self.records.len() == self.threshold
+            && let Some(mut oldest) = self.records.pop_front()
+        {
+            self.floor = oldest.version;
+            oldest.version = version;
+            oldest.at_ms = now_ms;
+            oldest.key.clone_from(key);
+            oldest.value = value;
+            oldest.before = before;
+            self.records.push_back(oldest);
         } else {
-            if self.records.len() == self.threshold
-                && let Some(oldest) = self.records.pop_front()
-            {
-                self.floor = oldest.version;
-            }
             self.records.push_back(Record {
                 version,
                 at_ms: now_ms,
-                key: key(),
+                key: key.clone(),
                 value,
                 before,
             });
@@ -221,7 +228,7 @@ mod tests {
         before: Option<u32>,
         value: u32,
     ) -> u64 {
-        log.append(|| key, Some(Arc::new(value)), before.map(Arc::new), 0)
+        log.append(&key, Some(Arc::new(value)), before.map(Arc::new), 0)
     }
 
     fn shown(
@@ -263,7 +270,7 @@ mod tests {
         let mut l = log(10);
         let v0 = l.version();
         put(&mut l, "a", None, 1);
-        l.append(|| "a", None, Some(Arc::new(1)), 0);
+        l.append(&"a", None, Some(Arc::new(1)), 0);
         assert!(l.since(v0, 0).expect("retained").is_empty());
     }
 
@@ -272,7 +279,7 @@ mod tests {
         let mut l = log(10);
         put(&mut l, "a", None, 1);
         let v1 = l.version();
-        l.append(|| "a", None, Some(Arc::new(1)), 0);
+        l.append(&"a", None, Some(Arc::new(1)), 0);
         put(&mut l, "a", None, 2);
         assert_eq!(
             shown(&l.since(v1, 0).expect("retained")),
@@ -298,9 +305,9 @@ mod tests {
     fn the_age_limit_drops_old_changes_and_answers_full_for_them() {
         let mut l: ChangeLog<&str, u32> = ChangeLog::new(10, Duration::from_millis(100));
         let v0 = l.version();
-        l.append(|| "a", Some(Arc::new(1)), None, 1_000);
+        l.append(&"a", Some(Arc::new(1)), None, 1_000);
         let v1 = l.version();
-        l.append(|| "b", Some(Arc::new(2)), None, 1_150);
+        l.append(&"b", Some(Arc::new(2)), None, 1_150);
         assert!(l.since(v0, 1_200).is_none(), "its first change is too old");
         assert_eq!(l.since(v1, 1_200).expect("young enough").len(), 1);
         l.prune(1_200);

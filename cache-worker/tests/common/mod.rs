@@ -1,8 +1,9 @@
 //! The scaffolding of the behaviour tests, written once for every test file: a scripted
 //! upstream whose calls a test can count and hold ([`upstream`], [`hold`]), workers started over
 //! it ([`started`]), bounded waits ([`wait`]), events ([`events`]), dump files ([`files`]), the
-//! randomized tests' generator ([`random`]) and, with the `vista-testing` feature, the fake
-//! Vista server's workers ([`vista`], [`outage`]).
+//! randomized tests' generator ([`random`]), with the `http` feature a server, an SSE reader
+//! and a client's JSON copy of a bucket ([`http`]) and, with the `vista-testing` feature, the
+//! fake Vista server's workers ([`vista`], [`outage`]).
 //!
 //! Each test binary compiles all of it and uses a part of it.
 #![allow(dead_code, unreachable_pub, unused_imports)]
@@ -10,6 +11,8 @@
 pub mod events;
 pub mod files;
 pub mod hold;
+#[cfg(feature = "http")]
+pub mod http;
 #[cfg(feature = "vista-testing")]
 pub mod outage;
 pub mod random;
@@ -19,7 +22,7 @@ pub mod upstream;
 pub mod vista;
 pub mod wait;
 
-pub use events::{Replica, drain, drain_within, replayed};
+pub use events::{Replica, consecutive, drain, drain_within, replayed};
 pub use files::{
     HOUR, corrupt_path, dumping, listing, now_ms, on_disk, started_on, temp_dump, temp_files,
     temp_folder, write_dump,
