@@ -13,7 +13,10 @@
 //! - a supervised background refresher: full cycles on an interval, per-entry refresh and
 //!   expiry from the value, stale-if-error with backoff, and bulk loads swapped in whole;
 //! - warm starts from an atomic, checksummed, versioned dump file;
-//! - change [`Event`]s, [`Stats`] and `tracing` events with `bucket` and `key` fields.
+//! - change [`Event`]s, [`Stats`] and `tracing` events with `bucket` and `key` fields;
+//! - versions and delta sync: every change gets the next [`Worker::version`], and
+//!   [`Worker::changes_since`] tells a client what changed since the version it holds (over
+//!   HTTP and Server-Sent Events with the `http` feature).
 //!
 //! ```
 //! use std::time::Duration;

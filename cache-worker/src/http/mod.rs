@@ -118,6 +118,8 @@
 mod json;
 mod sse;
 
+use std::sync::Arc;
+
 use axum::Router;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
@@ -151,7 +153,26 @@ pub fn router<W: CacheWorker>(worker: Worker<W>) -> Router {
     Router::new()
         .route("/", get(sync::<W>))
         .route("/events", get(events::<W>))
-        .with_state(worker)
+        .with_state(Served {
+            worker,
+            renders: Arc::default(),
+        })
+}
+
+/// What the handlers share: the worker, and the JSON of its latest changes.
+struct Served<W: CacheWorker> {
+    worker: Worker<W>,
+    renders: Arc<sse::Renders>,
+}
+
+// Not derived: `W` itself need not be `Clone`.
+impl<W: CacheWorker> Clone for Served<W> {
+    fn clone(&self) -> Self {
+        Served {
+            worker: self.worker.clone(),
+            renders: self.renders.clone(),
+        }
+    }
 }
 
 /// The query of both routes.
@@ -162,7 +183,7 @@ struct SinceQuery {
 
 /// `GET /` and `GET /?since=V`.
 async fn sync<W: CacheWorker>(
-    State(worker): State<Worker<W>>,
+    State(Served { worker, .. }): State<Served<W>>,
     query: Result<Query<SinceQuery>, QueryRejection>,
 ) -> Response {
     let since = match since_in_query(query) {
@@ -178,7 +199,7 @@ async fn sync<W: CacheWorker>(
 
 /// `GET /events`.
 async fn events<W: CacheWorker>(
-    State(worker): State<Worker<W>>,
+    State(Served { worker, renders }): State<Served<W>>,
     headers: HeaderMap,
     query: Result<Query<SinceQuery>, QueryRejection>,
 ) -> Response {
@@ -196,7 +217,7 @@ async fn events<W: CacheWorker>(
             json::error("the worker has shut down"),
         );
     }
-    match sse::Feed::start(worker.clone(), since) {
+    match sse::Feed::start(worker.clone(), renders, since) {
         Ok(feed) => {
             let mut response = Sse::new(feed.into_stream())
                 .keep_alive(sse::keep_alive())

@@ -6,6 +6,7 @@
 //! or a `Lagged`) is answered with a catch-up from the client's version, like a reconnect.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::response::sse::{Event as SseEvent, KeepAlive};
@@ -25,10 +26,53 @@ pub(crate) fn keep_alive() -> KeepAlive {
     KeepAlive::new().interval(KEEP_ALIVE).text("keep-alive")
 }
 
+/// How many live changes, as JSON, the streams of one router share.
+const RENDERED: usize = 4096;
+
+/// The JSON of the latest live changes, by version, shared by every stream of one router: a
+/// change is written (and its patch computed) once, not once per client.
+#[derive(Default)]
+pub(crate) struct Renders {
+    recent: parking_lot::Mutex<VecDeque<(u64, Arc<str>)>>,
+}
+
+impl Renders {
+    fn find(recent: &VecDeque<(u64, Arc<str>)>, version: u64) -> Result<Arc<str>, usize> {
+        recent
+            .binary_search_by_key(&version, |(v, _)| *v)
+            .map(|at| recent[at].1.clone())
+    }
+
+    /// The JSON of the change at `version`, rendered by `render` if no stream has yet. Rendered
+    /// without the lock, so that streams never wait on one another's serialization.
+    fn get_or_render(
+        &self,
+        version: u64,
+        render: impl FnOnce() -> serde_json::Result<String>,
+    ) -> serde_json::Result<Arc<str>> {
+        if let Ok(hit) = Self::find(&self.recent.lock(), version) {
+            return Ok(hit);
+        }
+        let data: Arc<str> = render()?.into();
+        let mut recent = self.recent.lock();
+        match Self::find(&recent, version) {
+            Ok(hit) => Ok(hit),
+            Err(at) => {
+                recent.insert(at, (version, data.clone()));
+                if recent.len() > RENDERED {
+                    recent.pop_front();
+                }
+                Ok(data)
+            }
+        }
+    }
+}
+
 /// One client's stream: its own event queue, what is still to be sent before the next live
 /// event, and the version the client's copy is at once it has applied everything sent.
 pub(crate) struct Feed<W: CacheWorker> {
     worker: Worker<W>,
+    renders: Arc<Renders>,
     events: EventStream<Key<W>, Value<W>>,
     queued: VecDeque<SseEvent>,
     at: u64,
@@ -36,10 +80,15 @@ pub(crate) struct Feed<W: CacheWorker> {
 
 impl<W: CacheWorker> Feed<W> {
     /// Subscribes, then queues what a client at `since` needs (`None`: the whole bucket).
-    pub(crate) fn start(worker: Worker<W>, since: Option<u64>) -> serde_json::Result<Self> {
+    pub(crate) fn start(
+        worker: Worker<W>,
+        renders: Arc<Renders>,
+        since: Option<u64>,
+    ) -> serde_json::Result<Self> {
         let events = worker.subscribe();
         let mut feed = Feed {
             worker,
+            renders,
             events,
             queued: VecDeque::new(),
             at: 0,
@@ -116,13 +165,17 @@ impl<W: CacheWorker> Feed<W> {
         change: &json::Change<'_, Key<W>>,
     ) -> serde_json::Result<()> {
         let data = serde_json::to_string(change)?;
+        self.queue_data(id, &data);
+        Ok(())
+    }
+
+    fn queue_data(&mut self, id: u64, data: &str) {
         self.queued.push_back(
             SseEvent::default()
                 .event("change")
                 .id(id.to_string())
                 .data(data),
         );
-        Ok(())
     }
 
     /// The next SSE event; `None` once the worker has shut down.
@@ -178,18 +231,23 @@ impl<W: CacheWorker> Feed<W> {
             );
             return self.catch_up(Some(self.at));
         }
-        let change = match &event {
-            Event::Inserted { key, value, .. } => json::Change::value(key, &**value)?,
-            Event::Updated {
-                key,
-                value,
-                previous,
-                ..
-            } => json::Change::put(key, Some(&**previous), &**value)?,
-            Event::Removed { key, .. } => json::Change::removed(key),
-            Event::FullReload { .. } | Event::Lagged { .. } => return Ok(()),
-        };
-        self.queue_change(version, &change)?;
+        let data = self.renders.get_or_render(version, || {
+            let change = match &event {
+                Event::Inserted { key, value, .. } => json::Change::value(key, &**value)?,
+                Event::Updated {
+                    key,
+                    value,
+                    previous,
+                    ..
+                } => json::Change::put(key, Some(&**previous), &**value)?,
+                Event::Removed { key, .. } => json::Change::removed(key),
+                Event::FullReload { .. } | Event::Lagged { .. } => {
+                    unreachable!("returned above")
+                }
+            };
+            serde_json::to_string(&change)
+        })?;
+        self.queue_data(version, &data);
         self.at = version;
         Ok(())
     }
