@@ -842,6 +842,10 @@ fn main() {
         eprintln!("delta sync…");
         sync::sync(&mut rows, &rt, small);
     }
+    if run("log") {
+        eprintln!("the version log's cost on a write…");
+        sync::log_cost(&mut rows, &rt, small);
+    }
 
     let mut md = String::new();
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
@@ -911,7 +915,7 @@ const NOTES: &str = "
   its first `full`, then inserts 50 changes 20 ms apart and takes, for each change, the time
   from `insert` to the last of the 1000 clients reading its `id:` line; server and clients
   share the two cores.
-- `CACHE_WORKER_BENCH_ONLY=dumps` (or `memory`, `reads`, `scaling`, `coalescing`, `refresh`, `sync`)
+- `CACHE_WORKER_BENCH_ONLY=dumps` (or `memory`, `reads`, `scaling`, `coalescing`, `refresh`, `sync`, `log`)
   runs one section and prints its rows without writing this file;
   `CACHE_WORKER_BENCH_SCALE=0.5` halves the large sets.
 

@@ -68,8 +68,6 @@ pub(super) fn sync(rows: &mut Vec<Row>, rt: &tokio::runtime::Runtime, n: usize) 
         met: ratio <= 0.02,
     });
     rt.block_on(w.shutdown()).unwrap();
-
-    log_cost(rows, rt, n);
     fan_out(rows, rt);
 }
 
@@ -117,7 +115,7 @@ async fn get(addr: std::net::SocketAddr, path: &str) -> Vec<u8> {
 
 /// A write's cost with the log on (the default threshold) and off (`delta_threshold(0)`):
 /// updates of existing keys with a changed value, values prebuilt.
-fn log_cost(rows: &mut Vec<Row>, rt: &tokio::runtime::Runtime, n: usize) {
+pub(super) fn log_cost(rows: &mut Vec<Row>, rt: &tokio::runtime::Runtime, n: usize) {
     let on = started(rt, bench_worker(Duration::ZERO), |b| b.bucket("log-on"));
     let off = started(rt, bench_worker(Duration::ZERO), |b| {
         b.bucket("log-off").delta_threshold(0)
@@ -137,7 +135,11 @@ fn log_cost(rows: &mut Vec<Row>, rt: &tokio::runtime::Runtime, n: usize) {
         })
         .collect();
     let (mut t_on, mut t_off) = (f64::INFINITY, f64::INFINITY);
-    for round in 0..10 {
+    let rounds: usize = std::env::var("CACHE_WORKER_BENCH_LOG_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(10);
+    for round in 0..rounds {
         let batch = &values[round % 2];
         t_off = t_off.min(best_ns(1, ops, || {
             for (k, v) in batch {

@@ -18,6 +18,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use serde::Serialize;
+
+use crate::prefetch::{prefetch, prefetch_arc, prefetch_serialized};
+
+/// How many writes ahead [`ChangeLog::prefetch_next_oldest`] prefetches a record, and its
+/// key and values.
+const FAR: usize = 16;
+const NEAR: usize = 8;
+
 /// One change as the log keeps it.
 pub(crate) struct Record<K, V> {
     pub(crate) version: u64,
@@ -67,7 +76,7 @@ pub(crate) struct ChangeLog<K, V> {
     published: Arc<AtomicU64>,
 }
 
-impl<K: Clone + Eq + Hash, V> ChangeLog<K, V> {
+impl<K: Clone + Eq + Hash + Serialize, V> ChangeLog<K, V> {
     pub(crate) fn new(threshold: usize, ttl: Duration) -> Self {
         let seed = clock_seed();
         ChangeLog {
@@ -121,6 +130,12 @@ impl<K: Clone + Eq + Hash, V> ChangeLog<K, V> {
         } else if self.records.len() == self.threshold
             && let Some(mut oldest) = self.records.pop_front()
         {
+            if self.records.capacity() > self.threshold {
+                // A ring of exactly `threshold` slots: the record pushed below then goes into
+                // the slot just popped, which is in cache, not into a cold spare one.
+                self.records.shrink_to(self.threshold);
+            }
+            self.prefetch_next_oldest();
             self.floor = oldest.version;
             oldest.version = version;
             oldest.at_ms = now_ms;
@@ -139,6 +154,27 @@ impl<K: Clone + Eq + Hash, V> ChangeLog<K, V> {
         }
         self.published.store(version, Ordering::Release);
         version
+    }
+
+    /// Starts loading what the writes after this one will reuse or drop: the record that goes
+    /// [`FAR`] writes from now, and the key and values of the one that goes [`NEAR`] writes
+    /// from now (its record is in cache by then). The oldest records were written thousands of
+    /// writes ago and their values are scattered, so each is a few cache misses, which this
+    /// overlaps with the writes in between instead of paying them in the write that reuses it.
+    #[inline]
+    fn prefetch_next_oldest(&self) {
+        if let Some(far) = self.records.get(FAR) {
+            prefetch(far);
+        }
+        if let Some(near) = self.records.get(NEAR) {
+            prefetch_serialized(&near.key);
+            if let Some(value) = &near.value {
+                prefetch_arc(value);
+            }
+            if let Some(before) = &near.before {
+                prefetch_arc(before);
+            }
+        }
     }
 
     /// Drops the changes older than `delta_ttl`; run in the background, so that no write pays
