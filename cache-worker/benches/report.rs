@@ -875,11 +875,16 @@ fn main() {
     for r in &rows {
         writeln!(
             md,
-            "| {} | {} | {} | {:.2} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} |",
             r.target,
             r.ours,
             r.peer,
-            r.ratio,
+            // Small ratios (a delta against a full snapshot) with their first two digits.
+            if r.ratio < 0.1 {
+                format!("{:.4}", r.ratio)
+            } else {
+                format!("{:.2}", r.ratio)
+            },
             r.goal,
             if r.met { "yes" } else { "**no**" }
         )
