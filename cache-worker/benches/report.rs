@@ -943,6 +943,16 @@ const NOTES: &str = "
   loader time and against the same loads on a bare `buffer_unordered(c)` the worker's cycle
   has read 1.13-1.24× and 1.07-1.36× across runs on this machine (the spread is the shared
   vCPUs): where the rest goes is measured and removed in issue #15.
+- **A change with the version log on vs off**: each change of the log's default 10 000 kept
+  goes into a ring of records; once it is full, a change reuses the oldest record, written
+  10 000 changes before: its record, its key's buffer and the reference counts of the two values
+  it held are cold cache lines by then, and dropping those two `Arc`s is two atomic decrements on
+  them. The log prefetches them 16 and 8 changes ahead (`ChangeLog::prefetch_next_oldest`), which
+  took the row from 1.26-1.29× to 1.08-1.15× over six runs (the section alone,
+  `CACHE_WORKER_BENCH_ONLY=log`, read 1.08, 1.09, 1.10, 1.11, 1.13; the full run above, 1.15).
+  What is left is those decrements and the record's own write, about 50-70 ns on a ~500 ns
+  change; a smaller `delta_threshold` keeps the ring in cache, and `delta_threshold(0)` turns the
+  log off.
 - **Thread scaling**: on two shared vCPUs the raw `DashMap` itself scales by about the same
   factor in the same run; when both are under 1.7×, the machine is the limit.
 - **Entries that expire**: the peek rows read entries without an expiry, which pay one
