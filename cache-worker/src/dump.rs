@@ -215,9 +215,9 @@ pub(crate) async fn restore<W: CacheWorker>(inner: &Inner<W>) -> StartKind {
     let cold = match read {
         Ok(read) => {
             let restored = read.map.len();
-            let expired = read.expired.len();
+            let expired = read.expired;
             inner.bucket.restore(read.map);
-            continue_versions(inner, read.version, read.expired);
+            continue_versions(inner, read.version, read.expired_entries);
             if restored == 0 {
                 ColdStart::NoLiveEntries { expired }
             } else {
@@ -290,10 +290,12 @@ fn continue_versions<W: CacheWorker>(
     }
 }
 
-/// A dump as read: its live entries, those that expired since it was written, and its version.
+/// A dump as read: its live entries, how many expired since it was written (and, if the dump
+/// is exact, which: for the log), and its version.
 struct Read<K, V> {
     map: Map<K, V>,
-    expired: Vec<(K, Arc<V>)>,
+    expired: usize,
+    expired_entries: Vec<(K, Arc<V>)>,
     version: DumpVersion,
 }
 
@@ -319,8 +321,10 @@ where
 {
     let mut file = File::open(path)?;
     let len = file.metadata()?.len();
-    let mut expired = Vec::new();
-    let mut version = DumpVersion::default();
+    let mut expired = 0;
+    let mut expired_entries = Vec::new();
+    // Set by the decoder from the header, read by it for each record after.
+    let version = std::cell::Cell::new(DumpVersion::default());
     let map = std::thread::scope(|scope| {
         let (batches, incoming) = std::sync::mpsc::sync_channel::<Vec<(K, Entry<V>)>>(4);
         let (sizes, size) = std::sync::mpsc::sync_channel::<usize>(1);
@@ -339,13 +343,16 @@ where
             bucket,
             schema,
             |count, dumped| {
-                version = dumped;
+                version.set(dumped);
                 let _ = sizes.send(count);
                 Vec::with_capacity(BATCH)
             },
             |batch, key, entry| {
                 if entry.expires_at <= now {
-                    expired.push((key, entry.value));
+                    expired += 1;
+                    if version.get().exact {
+                        expired_entries.push((key, entry.value));
+                    }
                     return;
                 }
                 batch.push((key, entry));
@@ -375,7 +382,8 @@ where
     Ok(Read {
         map,
         expired,
-        version,
+        expired_entries,
+        version: version.get(),
     })
 }
 
