@@ -172,7 +172,7 @@ impl State {
             "schema" => a.schema = integer::<u32>(cx, key, example, &value),
             // #[cache_worker(cache_enabled = false)]
             "cache_enabled" => a.cache_enabled = boolean(cx, key, &value),
-            // #[cache_worker(delta_threshold = 10000)] (0: no changes kept, every sync is full)
+            // #[cache_worker(delta_threshold = 10000)] (0: none kept)
             "delta_threshold" => a.delta_threshold = integer::<usize>(cx, key, example, &value),
             // #[cache_worker(delta_ttl = "1h")]
             "delta_ttl" => a.delta_ttl = duration(cx, key, &value, NonZero::NotRequired),

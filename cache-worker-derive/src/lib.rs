@@ -23,7 +23,7 @@ use proc_macro::TokenStream;
 ///     schema = 1,                  // version of the values' layout in dump files (u32)
 ///     dump_interval = "5s",        // how long changes are batched before a dump is written
 ///     cache_enabled = true,        // false: every get/fetch loads, nothing is read from the bucket
-///     delta_threshold = 10000,     // changes kept for `changes_since` (0: none, every sync is full)
+///     delta_threshold = 10000,     // changes kept for `changes_since` (0: none kept)
 ///     delta_ttl = "1h",            // how long a change is kept for `changes_since`
 ///     crate = "::cache_worker",    // the path to cache-worker, if it is re-exported elsewhere
 /// )]

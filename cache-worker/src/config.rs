@@ -36,7 +36,7 @@ pub struct Settings {
     /// The longest retry delay of a failed reload.
     pub retry_max: Duration,
     /// How many changes the version log keeps for [`Worker::changes_since`](crate::Worker::changes_since);
-    /// 0 keeps none (every client gets the full bucket).
+    /// 0 keeps none (every client behind the current version gets the full bucket).
     pub delta_threshold: usize,
     /// How long the version log keeps a change.
     pub delta_ttl: Duration,

@@ -72,12 +72,15 @@ impl<W: CacheWorker> std::fmt::Debug for Worker<W> {
 struct Alive {
     cancel: CancellationToken,
     dump_file_lock: Arc<parking_lot::Mutex<Option<std::fs::File>>>,
+    /// The bucket's version: a worker started after this one in the process starts after it.
+    version: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Drop for Alive {
     fn drop(&mut self) {
         self.cancel.cancel();
         self.dump_file_lock.lock().take();
+        crate::versions::log::ended(self.version.load(Ordering::Acquire));
     }
 }
 
@@ -228,10 +231,19 @@ impl<W: CacheWorker> Worker<W> {
     /// The bucket's version: it moves by one with every change (every `Inserted`, `Updated`
     /// and `Removed` event, whatever caused it) and not with an equal write.
     ///
-    /// Versions go on from the dump after a warm start, and are never reused after a cold
-    /// one: each run starts at least at the wall clock in microseconds since the Unix epoch
-    /// (so they stay exact in JavaScript numbers until the year 2255). A client keeps the
-    /// version with its copy and asks [`changes_since`](Self::changes_since) for what changed.
+    /// Each run (each start) begins at the wall clock in microseconds since the Unix epoch, or
+    /// later: after the version of the dump it started warm from, and after the last version
+    /// of every worker of this process that has shut down or been dropped. So a run never
+    /// reuses a version of one before it in the process; across processes, only a run that
+    /// made more than a million changes a second over its whole life could be overtaken by a
+    /// later start's clock (or a clock set back). Versions stay exact in JavaScript numbers
+    /// (below 2^53) until the year 2255.
+    ///
+    /// After a warm start from a dump written while the bucket did not change (always the
+    /// final dump of a shutdown with no writes during it), a client at the dump's version is
+    /// where this run started: it gets a (possibly empty) `Delta`, not a `Full`. `version()`
+    /// itself moves on to this run's start. A client keeps the version with its copy and asks
+    /// [`changes_since`](Self::changes_since) for what changed.
     pub fn version(&self) -> u64 {
         self.inner.current_version()
     }
@@ -377,6 +389,7 @@ async fn shut_down<W: CacheWorker>(inner: &Arc<Inner<W>>) -> Option<DumpFailure>
         .err()
         .and_then(|e| DumpFailure::of(&e));
     inner.dump_file_lock.lock().take();
+    crate::versions::log::ended(inner.current_version());
     inner.closed.cancel();
     tracing::info!(bucket, final_dump_failed = failure.is_some(), "shut down");
     failure
@@ -400,7 +413,7 @@ async fn shut_down<W: CacheWorker>(inner: &Arc<Inner<W>>) -> Option<DumpFailure>
 /// | [`shutdown_timeout`](Builder::shutdown_timeout) | 10 s | `.._SHUTDOWN_TIMEOUT` |
 /// | [`event_capacity`](Builder::event_capacity) | 1024 | `.._EVENT_CAPACITY` |
 /// | [`retry_backoff`](Builder::retry_backoff) | 1 s doubling to 5 min | `.._RETRY_MIN`, `.._RETRY_MAX` |
-/// | [`delta_threshold`](Builder::delta_threshold) | 10 000 changes | `.._DELTA_THRESHOLD` (0 keeps none) |
+/// | [`delta_threshold`](Builder::delta_threshold) | 10 000 changes | `.._DELTA_THRESHOLD` (0 keeps none: every client behind gets the full bucket) |
 /// | [`delta_ttl`](Builder::delta_ttl) | 1 h | `.._DELTA_TTL` |
 ///
 /// Durations in the environment are written as `"90s"`, `"15m"`, `"1h"`, `"1h30m"`. Every
@@ -497,7 +510,8 @@ impl<W: CacheWorker> Builder<W> {
     }
 
     /// How long the version log keeps a change (default [`Settings::DEFAULT_DELTA_TTL`]): a
-    /// client whose version is older than that gets the full bucket.
+    /// client that missed a change older than that (the first change after its version)
+    /// gets the full bucket; a client with no change to miss gets `NoChange`, however old.
     pub fn delta_ttl(mut self, age: Duration) -> Self {
         self.explicit.delta_ttl = Some(age);
         self
@@ -596,6 +610,7 @@ impl<W: CacheWorker> Builder<W> {
         let alive = Arc::new(Alive {
             cancel: inner.cancel.clone(),
             dump_file_lock: inner.dump_file_lock.clone(),
+            version: inner.version.clone(),
         });
         Ok(Worker {
             inner,

@@ -547,3 +547,78 @@ async fn delta_settings_are_checked_and_have_the_documented_defaults() {
     assert_eq!(w.settings().delta_ttl, Duration::from_secs(3600));
     w.shutdown().await.expect("shutdown");
 }
+
+/// A dump of `bucket` holding `a` → 1, at `version`, exact, resealed as a worker would write it
+/// (format 2: version at 36, flags at 44, the CRC at 32 over bytes 36..48 and the body).
+fn dump_at_version(bucket: &str, version: u64) -> Vec<u8> {
+    let far = common::now_ms() + 3_600_000;
+    let mut bytes =
+        cache_worker::__codec::encode(bucket, 0, &[(key("a"), 1u64, 0, far)]).expect("encode");
+    bytes[36..44].copy_from_slice(&version.to_le_bytes());
+    bytes[44..48].copy_from_slice(&1u32.to_le_bytes());
+    let body = 50 + bucket.len();
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&bytes[36..48]);
+    crc.update(&bytes[body..]);
+    let crc = crc.finalize();
+    bytes[32..36].copy_from_slice(&crc.to_le_bytes());
+    bytes
+}
+
+#[tokio::test]
+async fn a_worker_started_again_in_the_process_starts_after_the_last_one_even_ahead_of_the_clock() {
+    let (_dir, file) = temp_dump("ahead.dump");
+    // A run whose versions got far ahead of the clock (as one that changed faster than a
+    // million times a second would): its dump is at the clock plus eleven days.
+    let ahead = common::now_ms() * 1000 + 1_000_000_000_000;
+    std::fs::write(&file, dump_at_version("ahead", ahead)).expect("write");
+    let up = Upstream::new();
+    let first = started_on(&up, "ahead", &file).await;
+    assert_eq!(
+        first.version(),
+        ahead,
+        "it goes on after its dump's version"
+    );
+    for i in 0..5 {
+        first.insert(key(&format!("k{i}")), i);
+    }
+    let seen = first.version();
+    first.shutdown().await.expect("shutdown");
+    std::fs::remove_file(&file).expect("remove the dump");
+
+    // Started again cold: the clock alone would start it eleven days of versions back.
+    let second = started_on(&up, "ahead", &file).await;
+    assert!(!second.started().is_warm());
+    assert!(
+        second.version() > seen,
+        "{} must be after {seen}",
+        second.version()
+    );
+    second.insert(key("k0"), 99);
+    assert!(is_full(&second.changes_since(Some(seen))));
+    second.shutdown().await.expect("shutdown");
+
+    // Dropped without a shutdown: the same.
+    let third = started(&up, "ahead-dropped").await;
+    third.insert(key("x"), 1);
+    let seen = third.version();
+    drop(third);
+    let fourth = started(&up, "ahead-dropped").await;
+    assert!(fourth.version() > seen);
+    fourth.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn a_dump_claiming_an_impossible_version_is_read_as_of_no_known_version() {
+    let (_dir, file) = temp_dump("max.dump");
+    std::fs::write(&file, dump_at_version("max", u64::MAX)).expect("write");
+    let up = Upstream::new();
+    let w = started_on(&up, "max", &file).await;
+    assert!(w.started().is_warm(), "its entries are good");
+    assert!(w.version() < 1 << 53, "{}", w.version());
+    w.insert(key("b"), 2);
+    w.insert(key("a"), 3);
+    assert!(is_full(&w.changes_since(Some(u64::MAX))));
+    assert!(is_full(&w.changes_since(Some(u64::MAX - 1))));
+    w.shutdown().await.expect("shutdown");
+}

@@ -6,11 +6,12 @@
 //! order they are sent.
 //!
 //! Versions are seeded from the wall clock at every start: the first version of a run is at
-//! least the start time in microseconds since the Unix epoch, and each change adds one. A run
-//! would have to make more than a million changes a second, on average over its whole life, to
-//! issue a version that a later run's seed does not pass, so versions of a crashed run are not
-//! reused by the next one (unless the system clock is set back). They stay below 2^53, exact in
-//! JavaScript's numbers, until the year 2255.
+//! least the start time in microseconds since the Unix epoch, and each change adds one. Within
+//! a process, a run also starts after the last version of every run of it that ended (a
+//! worker shut down or dropped), however fast that one changed. Across processes, a run would
+//! have to make more than a million changes a second, on average over its whole life, to issue
+//! a version that a later run's seed does not pass (unless the system clock is set back).
+//! They stay below 2^53, exact in JavaScript's numbers, until the year 2255.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
@@ -58,6 +59,25 @@ pub(crate) fn clock_seed() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
+/// The highest version of any log of this process that has ended: a new log starts after it,
+/// so that a worker started again in the same process never reuses a version of the one
+/// before, even one that changed faster than the clock.
+static ENDED: AtomicU64 = AtomicU64::new(0);
+
+/// Versions at or above this (2^53) are not ones a run gives: a dump that claims one is
+/// treated as of no known version.
+const MAX_VERSION: u64 = 1 << 53;
+
+/// Where a new log starts: after the clock, and after every log of this process that ended.
+fn seed() -> u64 {
+    clock_seed().max(ENDED.load(Ordering::SeqCst).saturating_add(1))
+}
+
+/// Marks the end of a run that reached `version` (a shutdown; a dropped log does it too).
+pub(crate) fn ended(version: u64) {
+    ENDED.fetch_max(version.min(MAX_VERSION), Ordering::SeqCst);
+}
+
 pub(crate) struct ChangeLog<K, V> {
     /// The version of the last change (or the seed).
     version: u64,
@@ -78,7 +98,7 @@ pub(crate) struct ChangeLog<K, V> {
 
 impl<K: Clone + Eq + Hash + Serialize, V> ChangeLog<K, V> {
     pub(crate) fn new(threshold: usize, ttl: Duration) -> Self {
-        let seed = clock_seed();
+        let seed = seed();
         ChangeLog {
             version: seed,
             floor: seed,
@@ -105,6 +125,10 @@ impl<K: Clone + Eq + Hash + Serialize, V> ChangeLog<K, V> {
     /// entries are the bucket at `dumped`), a client at `dumped` is at this run's start.
     pub(crate) fn restored(&mut self, dumped: u64, exact: bool) {
         debug_assert!(self.records.is_empty(), "restored before any change");
+        if dumped >= MAX_VERSION {
+            // A hostile or damaged header (under a good checksum): no version of ours.
+            return;
+        }
         let start = self.version.max(dumped);
         self.version = start;
         self.floor = start;
@@ -221,6 +245,12 @@ impl<K: Clone + Eq + Hash + Serialize, V> ChangeLog<K, V> {
             return None;
         }
         Some(merge(self.records.range(skip..)))
+    }
+}
+
+impl<K, V> Drop for ChangeLog<K, V> {
+    fn drop(&mut self) {
+        ended(self.version);
     }
 }
 
