@@ -14,6 +14,9 @@
 //! `400` with `{"error":"…"}`. Every JSON answer has `Cache-Control: no-store`: `since` is the
 //! conditional request, and `no_change` its "not modified".
 //!
+//! Nested at `/sessions`, the routes are `/sessions`, `/sessions?since=V` and
+//! `/sessions/events`; axum does not match `/sessions/` (with the slash) to the first.
+//!
 //! # Changes
 //!
 //! A change, in a delta or in an SSE `change` event, is one of:
