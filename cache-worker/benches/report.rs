@@ -950,8 +950,8 @@ const NOTES: &str = "
   them. The log prefetches them 16 and 8 changes ahead (`ChangeLog::prefetch_next_oldest`), which
   took the row from 1.26-1.29× to 1.08-1.15× over six runs (the section alone,
   `CACHE_WORKER_BENCH_ONLY=log`, read 1.08, 1.09, 1.10, 1.11, 1.13; the full run above, 1.15).
-  What is left is those decrements and the record's own write, about 50-70 ns on a ~500 ns
-  change; a smaller `delta_threshold` keeps the ring in cache, and `delta_threshold(0)` turns the
+  What is left is those decrements and the record's own write: 38-70 ns on a 480-490 ns
+  change in those runs; a smaller `delta_threshold` keeps the ring in cache, and `delta_threshold(0)` turns the
   log off.
 - **Thread scaling**: on two shared vCPUs the raw `DashMap` itself scales by about the same
   factor in the same run; when both are under 1.7×, the machine is the limit.

@@ -32,7 +32,7 @@ pub(crate) async fn write<W: CacheWorker>(inner: &Arc<Inner<W>>) -> Result<(), E
     // The records are the bucket at this version if no change is made while they are written:
     // every change up to it is in the map, and the version read after them, under the write
     // order, counts every change they may show.
-    let before = inner.version.load(Ordering::Acquire);
+    let before = inner.current_version();
     let map = inner.bucket.current();
     let bucket = inner.settings.bucket.clone();
     let schema = inner.settings.schema;

@@ -551,11 +551,16 @@ async fn delta_settings_are_checked_and_have_the_documented_defaults() {
 /// A dump of `bucket` holding `a` → 1, at `version`, exact, resealed as a worker would write it
 /// (format 2: version at 36, flags at 44, the CRC at 32 over bytes 36..48 and the body).
 fn dump_at_version(bucket: &str, version: u64) -> Vec<u8> {
+    dump_at(bucket, version, true)
+}
+
+/// [`dump_at_version`], exact or not.
+fn dump_at(bucket: &str, version: u64, exact: bool) -> Vec<u8> {
     let far = common::now_ms() + 3_600_000;
     let mut bytes =
         cache_worker::__codec::encode(bucket, 0, &[(key("a"), 1u64, 0, far)]).expect("encode");
     bytes[36..44].copy_from_slice(&version.to_le_bytes());
-    bytes[44..48].copy_from_slice(&1u32.to_le_bytes());
+    bytes[44..48].copy_from_slice(&u32::from(exact).to_le_bytes());
     let body = 50 + bucket.len();
     let mut crc = crc32fast::Hasher::new();
     crc.update(&bytes[36..48]);
@@ -620,5 +625,49 @@ async fn a_dump_claiming_an_impossible_version_is_read_as_of_no_known_version() 
     w.insert(key("a"), 3);
     assert!(is_full(&w.changes_since(Some(u64::MAX))));
     assert!(is_full(&w.changes_since(Some(u64::MAX - 1))));
+    w.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn after_a_dump_written_during_changes_a_client_at_its_version_gets_the_full_state() {
+    let (_dir, file) = temp_dump("inexact.dump");
+    let dumped = common::now_ms() * 1000 - 1_000_000;
+    std::fs::write(&file, dump_at("inexact", dumped, false)).expect("write");
+    let up = Upstream::new();
+    let w = started_on(&up, "inexact", &file).await;
+    assert!(w.started().is_warm());
+    assert!(
+        is_full(&w.changes_since(Some(dumped))),
+        "its records may hold changes after its version"
+    );
+    // The same dump, exact: the client at its version is where the run started.
+    w.shutdown().await.expect("shutdown");
+    std::fs::write(&file, dump_at("inexact", dumped, true)).expect("write");
+    let w = started_on(&up, "inexact", &file).await;
+    assert!(matches!(
+        w.changes_since(Some(dumped)),
+        Changes::Delta { from, ref changes, .. } if from == dumped && changes.is_empty()
+    ));
+    w.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn an_answer_says_its_version_and_a_change_its_key() {
+    let up = Upstream::new();
+    let w = started(&up, "accessors").await;
+    let v0 = w.version();
+    assert_eq!(w.changes_since(Some(v0)).version(), v0);
+    w.insert(key("a"), 1);
+    w.insert(key("b"), 2);
+    w.invalidate("b");
+    w.insert(key("c"), 3);
+    let answer = w.changes_since(Some(v0 + 1));
+    assert_eq!(answer.version(), w.version());
+    let Changes::Delta { changes, .. } = &answer else {
+        panic!("{answer:?}")
+    };
+    let keys: Vec<&String> = changes.iter().map(Change::key).collect();
+    assert_eq!(keys, [&key("c")], "b came and went inside the window");
+    assert_eq!(w.changes_since(None).version(), w.version());
     w.shutdown().await.expect("shutdown");
 }
