@@ -183,6 +183,19 @@ impl<K: Eq + Hash + Clone, V: PartialEq> Bucket<K, V> {
         self.map.load().get(key).map(|e| e.clone())
     }
 
+    /// The stored key and entry, expired or not.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn entry_with_key<Q>(&self, key: &Q) -> Option<(K, Entry<V>)>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.map
+            .load()
+            .get(key)
+            .map(|e| (e.key().clone(), e.value().clone()))
+    }
+
     /// The stamp of the key's entry, unless it is absent or past its expiry: the basis a reload
     /// compares with before it stores.
     pub(crate) fn stamp_of(&self, key: &K) -> Option<u64> {

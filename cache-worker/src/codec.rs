@@ -739,6 +739,55 @@ mod tests {
     }
 }
 
+/// The bytes of one key in a shared store (feature `redis`): the same encoding as in dumps,
+/// so equal keys give equal bytes.
+#[cfg(feature = "redis")]
+pub(crate) fn encode_key<K: Serialize>(key: &K) -> Result<Vec<u8>, bincode::error::EncodeError> {
+    bincode::serde::encode_to_vec(key, encode_config())
+}
+
+/// A key from its bytes; `None` if they are not exactly one `K`.
+#[cfg(feature = "redis")]
+pub(crate) fn decode_key<K: DeserializeOwned>(bytes: &[u8]) -> Option<K> {
+    match bincode::serde::decode_from_slice(bytes, encode_config()) {
+        Ok((key, read)) if read == bytes.len() => Some(key),
+        _ => None,
+    }
+}
+
+/// The bytes of one entry in a shared store: the schema version (u32, little-endian), then
+/// the value, its load time and its expiry as in dumps. An entry of another schema does not
+/// decode.
+#[cfg(feature = "redis")]
+pub(crate) fn encode_entry<V: Serialize>(
+    schema: u32,
+    entry: &Entry<V>,
+) -> Result<Vec<u8>, bincode::error::EncodeError> {
+    let mut out = schema.to_le_bytes().to_vec();
+    let record = (&*entry.value, entry.loaded_at, entry.expires_at);
+    bincode::serde::encode_into_std_write(record, &mut out, encode_config())
+        .map_err(|e| bincode::error::EncodeError::OtherString(e.to_string()))?;
+    Ok(out)
+}
+
+/// An entry from its bytes; `None` if they are of another schema or not exactly one entry.
+#[cfg(feature = "redis")]
+pub(crate) fn decode_entry<V: DeserializeOwned>(schema: u32, bytes: &[u8]) -> Option<Entry<V>> {
+    let (head, body) = bytes.split_first_chunk::<4>()?;
+    if u32::from_le_bytes(*head) != schema {
+        return None;
+    }
+    match bincode::serde::decode_from_slice::<(V, u64, u64), _>(body, encode_config()) {
+        Ok(((value, loaded_at, expires_at), read)) if read == body.len() => Some(Entry {
+            value: std::sync::Arc::new(value),
+            loaded_at,
+            expires_at,
+            stamp: 0,
+        }),
+        _ => None,
+    }
+}
+
 /// The codec on its own, for the fuzz target and the hostile-dump tests (`__codec` at the crate
 /// root). Not a public API.
 pub mod exposed {

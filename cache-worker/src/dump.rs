@@ -91,6 +91,46 @@ where
     K: Serialize + Eq + std::hash::Hash,
     V: Serialize,
 {
+    replace_file(path, bucket, schema, |records| {
+        let mut count = 0;
+        // The map is visited in hash order, so every value is a cache miss, and so is
+        // every string in it: prefetch each value's allocation LOOKAHEAD entries ahead of
+        // the one being encoded, and halfway there walk it for its strings (see
+        // `prefetch`). The entries held meanwhile keep their shards' read locks a little
+        // longer, which readers share.
+        let mut ahead = VecDeque::with_capacity(LOOKAHEAD + 1);
+        for e in map.iter() {
+            prefetch(&*e.value().value);
+            ahead.push_back(e);
+            if let Some(half) = ahead.len().checked_sub(LOOKAHEAD / 2 + 1) {
+                let e = &ahead[half];
+                prefetch_serialized(e.key());
+                prefetch_serialized(&*e.value().value);
+            }
+            if ahead.len() > LOOKAHEAD
+                && let Some(e) = ahead.pop_front()
+            {
+                records.push(e.key(), e.value())?;
+                count += 1;
+            }
+        }
+        for e in ahead {
+            records.push(e.key(), e.value())?;
+            count += 1;
+        }
+        records.set_version(version_now());
+        Ok(count)
+    })
+}
+
+/// Writes a dump file whose records `fill` pushes (returning how many), atomically (see
+/// [`write_file`]).
+pub(crate) fn replace_file(
+    path: &Path,
+    bucket: &str,
+    schema: u32,
+    fill: impl FnOnce(&mut codec::Records<&mut File>) -> io::Result<u64>,
+) -> io::Result<u64> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -111,32 +151,7 @@ where
         let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
         let mut count = 0;
         codec::write(&mut file, bucket, schema, |records| {
-            // The map is visited in hash order, so every value is a cache miss, and so is
-            // every string in it: prefetch each value's allocation LOOKAHEAD entries ahead of
-            // the one being encoded, and halfway there walk it for its strings (see
-            // `prefetch`). The entries held meanwhile keep their shards' read locks a little
-            // longer, which readers share.
-            let mut ahead = VecDeque::with_capacity(LOOKAHEAD + 1);
-            for e in map.iter() {
-                prefetch(&*e.value().value);
-                ahead.push_back(e);
-                if let Some(half) = ahead.len().checked_sub(LOOKAHEAD / 2 + 1) {
-                    let e = &ahead[half];
-                    prefetch_serialized(e.key());
-                    prefetch_serialized(&*e.value().value);
-                }
-                if ahead.len() > LOOKAHEAD
-                    && let Some(e) = ahead.pop_front()
-                {
-                    records.push(e.key(), e.value())?;
-                    count += 1;
-                }
-            }
-            for e in ahead {
-                records.push(e.key(), e.value())?;
-                count += 1;
-            }
-            records.set_version(version_now());
+            count = fill(records)?;
             Ok(())
         })?;
         file.sync_all()?;
@@ -275,7 +290,7 @@ pub(crate) async fn restore<W: CacheWorker>(inner: &Inner<W>) -> StartKind {
 /// with the run that wrote an exact dump then gets a delta that removes them.
 ///
 /// [`ChangeLog::restored`]: crate::versions::log::ChangeLog::restored
-fn continue_versions<W: CacheWorker>(
+pub(crate) fn continue_versions<W: CacheWorker>(
     inner: &Inner<W>,
     dumped: DumpVersion,
     expired: Vec<(Key<W>, Arc<Value<W>>)>,
@@ -292,11 +307,11 @@ fn continue_versions<W: CacheWorker>(
 
 /// A dump as read: its live entries, how many expired since it was written (and, if the dump
 /// is exact, which: for the log), and its version.
-struct Read<K, V> {
-    map: Map<K, V>,
-    expired: usize,
-    expired_entries: Vec<(K, Arc<V>)>,
-    version: DumpVersion,
+pub(crate) struct Read<K, V> {
+    pub(crate) map: Map<K, V>,
+    pub(crate) expired: usize,
+    pub(crate) expired_entries: Vec<(K, Arc<V>)>,
+    pub(crate) version: DumpVersion,
 }
 
 /// Records handed from the decoding thread to the inserting one at a time.
@@ -309,7 +324,7 @@ const BATCH: usize = 4096;
 /// Two threads share the work: this one decodes records into batches, a scoped one inserts them
 /// (hashing and probing the map), so a warm start on a multi-core machine takes about as long
 /// as the decoding alone. At most a few batches are in flight, so memory stays at the map's.
-fn read_file<K, V>(
+pub(crate) fn read_file<K, V>(
     path: &Path,
     bucket: &str,
     schema: u32,

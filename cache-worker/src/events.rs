@@ -77,6 +77,16 @@ pub enum Event<K, V> {
         /// How many events this subscriber missed.
         missed: u64,
     },
+    /// The bucket was replaced whole by a copy from its shared store (feature `redis`): a
+    /// node that found a gap in the shared change log, or that stopped leading, resynced. No
+    /// per-key events came for it: read the bucket again (or
+    /// [`changes_since`](crate::Worker::changes_since) your version) if you keep a copy.
+    Resynced {
+        /// The number of entries after it.
+        count: usize,
+        /// The bucket's version after it.
+        version: u64,
+    },
 }
 
 // Not derived: values are shared through `Arc`, so `V` need not be `Clone`.
@@ -119,6 +129,10 @@ impl<K: Clone, V> Clone for Event<K, V> {
                 version: *version,
             },
             Event::Lagged { missed } => Event::Lagged { missed: *missed },
+            Event::Resynced { count, version } => Event::Resynced {
+                count: *count,
+                version: *version,
+            },
         }
     }
 }

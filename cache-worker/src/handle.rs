@@ -18,6 +18,8 @@ use crate::inner::{Inner, Source};
 use crate::load::{fetch, load_one};
 use crate::refresh::{Command, RefreshReport};
 use crate::start::{ColdStart, StartKind};
+use crate::store::persist;
+use crate::store::{DynStore, FileStore, Store};
 use crate::{
     CacheWorker, Changes, Error, EventStream, FetchError, SeedError, Stats, dump, refresh,
 };
@@ -103,6 +105,7 @@ impl<W: CacheWorker> Worker<W> {
             state,
             preset: Layer::default(),
             explicit: Layer::default(),
+            store: None,
         }
     }
 
@@ -389,6 +392,9 @@ async fn shut_down<W: CacheWorker>(inner: &Arc<Inner<W>>) -> Option<DumpFailure>
         .err()
         .and_then(|e| DumpFailure::of(&e));
     inner.dump_file_lock.lock().take();
+    // Logged and counted inside. The store is written after the dump: a store shared with
+    // other nodes hears of this one's last changes once they are safe on disk too.
+    let _ = persist::write(inner).await;
     crate::versions::log::ended(inner.current_version());
     inner.closed.cancel();
     tracing::info!(bucket, final_dump_failed = failure.is_some(), "shut down");
@@ -426,6 +432,7 @@ pub struct Builder<W: CacheWorker> {
     /// The attribute's layer, or a ready-made worker's defaults.
     preset: Layer,
     explicit: Layer,
+    store: Option<Arc<dyn DynStore<W::Key, W::Value>>>,
 }
 
 impl<W: CacheWorker> Builder<W> {
@@ -439,6 +446,22 @@ impl<W: CacheWorker> Builder<W> {
     /// shutdown.
     pub fn file(mut self, path: impl Into<PathBuf>) -> Self {
         self.explicit.file = Some(Some(path.into()));
+        self
+    }
+
+    /// Persist the bucket through `store` too (see [`store`](crate::store)): the worker
+    /// starts warm from it if it holds live entries (else from the dump file, if there is
+    /// one), writes each batch of changes to it after its
+    /// [`write_delay`](crate::store::Store::write_delay), and once more at shutdown.
+    ///
+    /// `store(FileStore::new(path))` is [`file(path)`](Builder::file). A store set here wins
+    /// over `CACHE_WORKER_<BUCKET>_REDIS_URL`.
+    pub fn store(mut self, store: impl Store<W::Key, W::Value>) -> Self {
+        if let Some(file) = (&store as &dyn std::any::Any).downcast_ref::<FileStore>() {
+            self.explicit.file = Some(Some(file.path().to_owned()));
+        } else {
+            self.store = Some(Arc::new(store));
+        }
         self
     }
 
@@ -578,9 +601,16 @@ impl<W: CacheWorker> Builder<W> {
     /// created ([`Error::DumpFile`]), or a seed that aborts ([`Error::SeedAborted`]).
     pub async fn start(self) -> Result<Worker<W>, Error> {
         let settings = self.settings()?;
-        let inner = Arc::new(Inner::new(self.state, settings));
+        let store = match self.store {
+            Some(store) => Some(store),
+            None => store_from_env::<W>(&settings.bucket).await?,
+        };
+        let inner = Arc::new(Inner::new(self.state, settings, store));
         dump::prepare(&inner)?;
-        let start = dump::restore(&inner).await;
+        let start = match persist::restore(&inner).await {
+            Some(warm) => warm,
+            None => dump::restore(&inner).await,
+        };
         match &start {
             StartKind::Warm { restored, .. } => {
                 inner
@@ -595,11 +625,14 @@ impl<W: CacheWorker> Builder<W> {
         let supervisor = refresh::supervise(inner.clone());
         let writer = dump::spawn_writer(inner.clone());
         let pruner = crate::versions::spawn_pruner(inner.clone());
-        inner
-            .background
-            .lock()
-            .await
-            .extend([supervisor, writer, pruner]);
+        let store_writer = persist::spawn_writer(inner.clone());
+        let mut background = inner.background.lock().await;
+        background.extend([supervisor, writer, pruner, store_writer]);
+        #[cfg(feature = "redis")]
+        if let Some(shared) = inner.store.as_ref().and_then(|p| p.store.shared()) {
+            background.extend(crate::redis::spawn(inner.clone(), shared));
+        }
+        drop(background);
         tracing::info!(
             bucket = inner.bucket_name(),
             entries = inner.bucket.len(),
@@ -615,6 +648,40 @@ impl<W: CacheWorker> Builder<W> {
         Ok(Worker {
             inner,
             _alive: alive,
+        })
+    }
+}
+
+/// The store `CACHE_WORKER_<BUCKET>_REDIS_URL` names, if it is set.
+async fn store_from_env<W: CacheWorker>(
+    bucket: &str,
+) -> Result<Option<Arc<dyn DynStore<W::Key, W::Value>>>, Error> {
+    let variable = Settings::env_var(bucket, "REDIS_URL");
+    let Ok(url) = std::env::var(&variable) else {
+        return Ok(None);
+    };
+    #[cfg(feature = "redis")]
+    {
+        let store =
+            crate::redis::RedisStore::connect(&url)
+                .await
+                .map_err(|e| Error::InvalidSetting {
+                    variable: variable.clone(),
+                    value: crate::redis::redact(&url),
+                    reason: e.to_string(),
+                })?;
+        Ok(Some(Arc::new(store)))
+    }
+    #[cfg(not(feature = "redis"))]
+    {
+        Err(Error::InvalidSetting {
+            variable,
+            value: if url.contains('@') {
+                "(a URL with credentials, not shown)".to_owned()
+            } else {
+                url
+            },
+            reason: "cache-worker was built without its `redis` feature".to_owned(),
         })
     }
 }

@@ -19,6 +19,8 @@ use crate::config::Settings;
 use crate::events::{Event, Events, RemovalCause};
 use crate::refresh::Command;
 use crate::stats::{Counters, bump};
+use crate::store::DynStore;
+use crate::store::persist::{self, Persisting};
 use crate::versions::log::ChangeLog;
 use crate::{CacheWorker, FetchError};
 
@@ -80,6 +82,11 @@ pub(crate) struct Inner<W: CacheWorker> {
     /// The advisory lock on the dump file (`<file>.lock`), held while a user handle lives and
     /// until the final dump is written; the OS drops it if the process dies.
     pub(crate) dump_file_lock: Arc<parking_lot::Mutex<Option<std::fs::File>>>,
+    /// The bucket's [`Store`](crate::store::Store), if it has one besides its dump file.
+    pub(crate) store: Option<Persisting<Key<W>, Value<W>>>,
+    /// The link to the other nodes of a shared bucket (feature `redis`).
+    #[cfg(feature = "redis")]
+    pub(crate) cluster: Option<crate::store::shared::Link<Key<W>, Value<W>>>,
 }
 
 /// Where a write came from, for tracing.
@@ -88,10 +95,17 @@ pub(crate) enum Source {
     Load,
     Refresh,
     Insert,
+    /// A change another node made to a shared bucket.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    Remote,
 }
 
 impl<W: CacheWorker> Inner<W> {
-    pub(crate) fn new(state: W, settings: Settings) -> Self {
+    pub(crate) fn new(
+        state: W,
+        settings: Settings,
+        store: Option<Arc<dyn DynStore<Key<W>, Value<W>>>>,
+    ) -> Self {
         let (commands, command_rx) = mpsc::unbounded_channel();
         let clock = Clock::new();
         let log = ChangeLog::new(settings.delta_threshold, settings.delta_ttl);
@@ -119,6 +133,12 @@ impl<W: CacheWorker> Inner<W> {
             start: std::sync::OnceLock::new(),
             first_cycle: tokio::sync::watch::Sender::new(None),
             dump_file_lock: Arc::default(),
+            #[cfg(feature = "redis")]
+            cluster: store
+                .as_ref()
+                .and_then(|s| s.shared())
+                .map(|_| crate::store::shared::Link::new()),
+            store: persist::persisting::<W>(store, &settings),
             settings,
         }
     }
@@ -147,6 +167,11 @@ impl<W: CacheWorker> Inner<W> {
 
     /// Stores a value (inserting the key if needed) and reports the change.
     pub(crate) fn store(&self, key: Key<W>, value: Arc<Value<W>>, source: Source) {
+        #[cfg(feature = "redis")]
+        if let Some(link) = self.follower() {
+            link.forward(crate::store::shared::Forward::Put { key, value });
+            return;
+        }
         let entry = self.entry_now(&key, value.clone());
         let at = entry.loaded_at;
         let mut order = self.write_order.lock();
@@ -159,6 +184,13 @@ impl<W: CacheWorker> Inner<W> {
     /// Stores a value loaded on a miss, unless the key got a value or was invalidated while it
     /// loaded (`stale`): that write is newer.
     pub(crate) fn store_loaded(&self, key: Key<W>, value: Arc<Value<W>>, stale: &AtomicBool) {
+        #[cfg(feature = "redis")]
+        if let Some(link) = self.follower() {
+            if !stale.load(Ordering::Relaxed) {
+                link.forward(crate::store::shared::Forward::Loaded { key, value });
+            }
+            return;
+        }
         let entry = self.entry_now(&key, value.clone());
         let at = entry.loaded_at;
         let mut order = self.write_order.lock();
@@ -320,6 +352,13 @@ impl<W: CacheWorker> Inner<W> {
             // Read under `write_order` by the load before it stores.
             in_flight.stale.store(true, Ordering::Relaxed);
         }
+        #[cfg(feature = "redis")]
+        if let Some(link) = self.follower() {
+            // The leader removes it, and this copy with it when its change comes.
+            let (key, entry) = self.bucket.entry_with_key(key)?;
+            link.forward(crate::store::shared::Forward::Invalidate { key });
+            return (!entry.expired(now)).then_some(entry.value);
+        }
         let (key, entry) = self.bucket.remove(key)?;
         if entry.expired(now) {
             // Gone already for readers: what it had is not handed back.
@@ -377,10 +416,25 @@ impl<W: CacheWorker> Inner<W> {
         self.events.send(event);
     }
 
+    /// Whether this node refreshes its bucket: always, unless it follows the leader of a
+    /// shared one.
+    #[cfg(not(feature = "redis"))]
+    pub(crate) fn refreshes(&self) -> bool {
+        true
+    }
+
     pub(crate) fn mark_dirty(&self) {
         if self.settings.file.is_some() {
             self.dirty.store(true, Ordering::Release);
             self.dump_wanted.notify_one();
+        }
+        if let Some(store) = &self.store {
+            // A follower never writes its shared store: its copy is the store's.
+            #[cfg(feature = "redis")]
+            if self.follower().is_some() {
+                return;
+            }
+            store.mark_dirty();
         }
     }
 }

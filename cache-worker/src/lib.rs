@@ -88,12 +88,16 @@ mod refresh;
 mod slot;
 mod start;
 mod stats;
+pub mod store;
 mod versions;
 mod worker;
 
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod http;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod redis;
 #[cfg(feature = "vista")]
 #[cfg_attr(docsrs, doc(cfg(feature = "vista")))]
 pub mod vista;
@@ -135,6 +139,12 @@ pub mod __private {
 /// it may change in any release.
 #[doc(hidden)]
 pub use codec::exposed as __codec;
+
+/// The Redis tier's byte-level protocol, for its tests. Not a public API: it may change in any
+/// release.
+#[cfg(feature = "redis")]
+#[doc(hidden)]
+pub use redis::protocol as __redis_protocol;
 
 /// The README's examples, compiled as doctests so that they cannot rot.
 #[cfg(doctest)]

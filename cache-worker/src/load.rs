@@ -115,7 +115,16 @@ fn spawn_load<W: CacheWorker>(inner: Arc<Inner<W>>, key: Key<W>) -> InFlight<Val
                 key: &key,
                 stale: &stale,
             };
-            match load_one(&inner, &key).await {
+            #[cfg(feature = "redis")]
+            let loaded = match crate::redis::load_for_miss(&inner, &key).await {
+                Ok(crate::redis::Miss::Loaded(value)) => Ok(Some(value)),
+                Ok(crate::redis::Miss::Arrived(value)) => return Ok(value),
+                Ok(crate::redis::Miss::NotFound) => Ok(None),
+                Err(error) => Err(error),
+            };
+            #[cfg(not(feature = "redis"))]
+            let loaded = load_one(&inner, &key).await;
+            match loaded {
                 Ok(Some(value)) => {
                     let value = Arc::new(value);
                     if inner.settings.cache_enabled {

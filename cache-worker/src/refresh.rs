@@ -29,6 +29,16 @@ pub(crate) enum Command<K> {
     Schedule(K),
     /// Run a full cycle now and report it.
     RefreshNow(oneshot::Sender<RefreshReport>),
+    /// The bucket was replaced whole: rebuild every timer from it.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    Rebuild,
+    /// This node leads its shared bucket now: refresh, with the next full cycle at `due`
+    /// (`None`: the start's revalidation of stale entries, now).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    Lead { due: Option<Instant> },
+    /// This node follows now: the leader refreshes, this one does nothing of it.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    Follow,
 }
 
 /// What one full refresh cycle did, from [`Worker::refresh_all`](crate::Worker::refresh_all).
@@ -126,6 +136,8 @@ struct Refresher<W: CacheWorker> {
     /// Failed reloads in a row, per key.
     attempts: HashMap<Key<W>, u32>,
     bulk_attempts: u32,
+    /// Whether this node refreshes: alone, or leading its shared bucket.
+    leading: bool,
 }
 
 /// One timer per key in one queue.
@@ -177,11 +189,12 @@ async fn maybe<F: Future + Unpin>(future: &mut Option<F>) -> F::Output {
 impl<W: CacheWorker> Refresher<W> {
     fn new(inner: Arc<Inner<W>>) -> Self {
         Refresher {
-            inner,
             refresh: Timers::new(),
             expiry: Timers::new(),
             attempts: HashMap::new(),
             bulk_attempts: 0,
+            leading: inner.refreshes(),
+            inner,
         }
     }
 
@@ -189,16 +202,14 @@ impl<W: CacheWorker> Refresher<W> {
         let inner = self.inner.clone();
         let mut commands = inner.command_rx.lock().await;
         // Timers are derived from the bucket, so a restarted refresher loses nothing.
-        inner
-            .bucket
-            .for_each(|key, entry| self.schedule_entry(key, Some(entry)));
+        self.rebuild();
         let period = inner.settings.refresh;
-        let mut next_cycle = period.map(|p| Instant::now() + p);
+        let mut next_cycle = period.filter(|_| self.leading).map(|p| Instant::now() + p);
         let mut cycle: Option<BoxFuture<'static, Cycle<Key<W>>>> = None;
         let mut waiters: Vec<oneshot::Sender<RefreshReport>> = Vec::new();
         let mut queued: Vec<oneshot::Sender<RefreshReport>> = Vec::new();
         let mut reloads = FuturesUnordered::new();
-        if startup {
+        if startup && self.leading {
             cycle = Some(run_cycle(inner.clone(), Scope::Stale).boxed());
         }
         loop {
@@ -224,6 +235,34 @@ impl<W: CacheWorker> Refresher<W> {
                 }
                 Some(command) = commands.recv() => match command {
                     Command::Schedule(key) => self.schedule(&key),
+                    Command::Rebuild => self.rebuild(),
+                    Command::Lead { due } => {
+                        self.leading = true;
+                        self.rebuild();
+                        match due {
+                            Some(at) => next_cycle = period.map(|_| at),
+                            None if cycle.is_none() => {
+                                cycle = Some(run_cycle(inner.clone(), Scope::Stale).boxed());
+                            }
+                            None => {}
+                        }
+                    }
+                    Command::Follow => {
+                        self.leading = false;
+                        self.rebuild();
+                        // A cycle or reload in flight is dropped with its loads: its results
+                        // would be changes of a node that no longer leads.
+                        cycle = None;
+                        reloads = FuturesUnordered::new();
+                        next_cycle = None;
+                        for reply in waiters.drain(..).chain(queued.drain(..)) {
+                            let _ = reply.send(RefreshReport::default());
+                        }
+                    }
+                    Command::RefreshNow(reply) if !self.leading => {
+                        // The leader refreshes a shared bucket.
+                        let _ = reply.send(RefreshReport::default());
+                    }
                     Command::RefreshNow(reply) if cycle.is_some() => queued.push(reply),
                     Command::RefreshNow(reply) => {
                         waiters.push(reply);
@@ -248,8 +287,25 @@ impl<W: CacheWorker> Refresher<W> {
         }
     }
 
+    /// Sets every timer from the bucket, dropping those of keys that are gone; a node that
+    /// does not refresh keeps none.
+    fn rebuild(&mut self) {
+        self.refresh = Timers::new();
+        self.expiry = Timers::new();
+        if !self.leading {
+            return;
+        }
+        let inner = self.inner.clone();
+        inner
+            .bucket
+            .for_each(|key, entry| self.schedule_entry(key, Some(entry)));
+    }
+
     /// Sets the key's timers from its stored entry (or clears them if it is gone).
     fn schedule(&mut self, key: &Key<W>) {
+        if !self.leading {
+            return;
+        }
         let entry = self.inner.bucket.entry(key);
         self.schedule_entry(key, entry.as_ref());
     }
@@ -307,6 +363,10 @@ impl<W: CacheWorker> Refresher<W> {
         let inner = self.inner.clone();
         if !cycle.skipped {
             bump(&inner.stats.refresh_cycles);
+            #[cfg(feature = "redis")]
+            if let Some(link) = &inner.cluster {
+                link.cycle_finished(inner.clock.now_ms());
+            }
             let r = &cycle.report;
             tracing::info!(
                 bucket = inner.bucket_name(),

@@ -64,6 +64,9 @@ pub(crate) struct Counters {
     pub(crate) last_dump_micros: AtomicU64,
     pub(crate) dump_failures: AtomicU64,
     pub(crate) restored: AtomicU64,
+    pub(crate) store_writes: AtomicU64,
+    pub(crate) store_failures: AtomicU64,
+    pub(crate) store_undecodable: AtomicU64,
 }
 
 pub(crate) fn bump(c: &AtomicU64) {
@@ -97,6 +100,9 @@ impl Counters {
             last_dump_duration: Duration::from_micros(get(&self.last_dump_micros)),
             dump_failures: get(&self.dump_failures),
             restored: get(&self.restored),
+            store_writes: get(&self.store_writes),
+            store_failures: get(&self.store_failures),
+            store_undecodable: get(&self.store_undecodable),
         }
     }
 }
@@ -151,6 +157,13 @@ pub struct Stats {
     pub last_dump_duration: Duration,
     /// Dump writes that failed (the previous dump was kept).
     pub dump_failures: u64,
-    /// Entries restored from the dump file at start.
+    /// Entries restored from the dump file or the store at start.
     pub restored: u64,
+    /// Batches written to the bucket's [`Store`](crate::store::Store).
+    pub store_writes: u64,
+    /// Store writes that failed (retried with a snapshot).
+    pub store_failures: u64,
+    /// Entries or changes read from a shared store that did not decode as this worker's key
+    /// and value types (another schema, or garbage): skipped, never served.
+    pub store_undecodable: u64,
 }

@@ -199,6 +199,12 @@ impl<W: CacheWorker> Feed<W> {
             | Event::Removed { version, .. } => *version,
             // Its changes came as their own events.
             Event::FullReload { .. } => return Ok(()),
+            Event::Resynced { version, .. } => {
+                if *version == self.at {
+                    return Ok(());
+                }
+                return self.catch_up(Some(self.at));
+            }
             Event::Lagged { missed } => {
                 let synced = self.worker.inner.sync(Some(self.at));
                 if let Synced::NoChange { .. } = synced {
@@ -241,7 +247,7 @@ impl<W: CacheWorker> Feed<W> {
                     ..
                 } => json::Change::put(key, Some(&**previous), &**value)?,
                 Event::Removed { key, .. } => json::Change::removed(key),
-                Event::FullReload { .. } | Event::Lagged { .. } => {
+                Event::FullReload { .. } | Event::Lagged { .. } | Event::Resynced { .. } => {
                     unreachable!("returned above")
                 }
             };

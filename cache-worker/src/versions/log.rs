@@ -137,6 +137,19 @@ impl<K: Clone + Eq + Hash + Serialize, V> ChangeLog<K, V> {
         self.published.store(start, Ordering::Release);
     }
 
+    /// Goes on at `version`, a version given by another node of a shared bucket (whose copy
+    /// this one now is), dropping every retained change: a client behind it gets the full
+    /// bucket, except one at `alias`, which is at `version` too.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn rebase(&mut self, version: u64, alias: Option<u64>) {
+        self.version = version;
+        self.floor = version;
+        self.start = version;
+        self.alias = alias.filter(|&a| a != version);
+        self.records.clear();
+        self.published.store(version, Ordering::Release);
+    }
+
     /// Records one change, made at `now_ms`, and returns its version. Once the log holds
     /// `delta_threshold` changes, the oldest one's record is reused for the new one (its key's
     /// allocation too, through `clone_from`), so a write at steady state allocates nothing here.
@@ -225,6 +238,23 @@ impl<K: Clone + Eq + Hash + Serialize, V> ChangeLog<K, V> {
     /// of this run (or the alias of its start), not older than what is retained, not ahead.
     /// `None` means the client needs the whole bucket.
     pub(crate) fn since(&self, since: u64, now_ms: u64) -> Option<Vec<Merged<K, V>>> {
+        let skip = self.retained(since, now_ms)?;
+        Some(merge(self.records.range(skip..)))
+    }
+
+    /// Each change after `since`, unmerged, oldest first, if the log holds them all (as
+    /// [`since`](Self::since) decides): what a store is written with.
+    pub(crate) fn records_since(
+        &self,
+        since: u64,
+        now_ms: u64,
+    ) -> Option<impl Iterator<Item = &Record<K, V>>> {
+        let skip = self.retained(since, now_ms)?;
+        Some(self.records.range(skip..))
+    }
+
+    /// Where the changes after `since` start in `records`, if every one is there.
+    fn retained(&self, since: u64, now_ms: u64) -> Option<usize> {
         let since = if Some(since) == self.alias {
             self.start
         } else {
@@ -244,7 +274,7 @@ impl<K: Clone + Eq + Hash + Serialize, V> ChangeLog<K, V> {
         {
             return None;
         }
-        Some(merge(self.records.range(skip..)))
+        Some(skip)
     }
 }
 
