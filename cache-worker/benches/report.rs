@@ -2,7 +2,7 @@
 //! floor or peer in one run and writes `BENCHMARKS.md` at the workspace root.
 //!
 //! ```text
-//! cargo bench -p cache-worker --features http --bench report            # writes BENCHMARKS.md
+//! cargo bench -p cache-worker --features http,redis --bench report            # writes BENCHMARKS.md
 //! CACHE_WORKER_BENCH_SCALE=0.1 cargo bench ... --bench report   # a smaller, faster run
 //! ```
 //!
@@ -24,6 +24,13 @@ use serde::{Deserialize, Serialize};
 
 #[path = "report/sync.rs"]
 mod sync;
+
+#[path = "report/cluster.rs"]
+mod cluster;
+/// The tests' `redis-server` harness, reused.
+#[allow(dead_code, unreachable_pub)]
+#[path = "../tests/common/redis.rs"]
+mod redis_server;
 
 /// About the shape of a Vista session: a few strings and numbers (~70 bytes encoded).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -846,6 +853,10 @@ fn main() {
         eprintln!("the version log's cost on a write…");
         sync::log_cost(&mut rows, &rt, small);
     }
+    if run("cluster") {
+        eprintln!("the shared tier on Redis…");
+        cluster::cluster(&mut rows, &rt, small);
+    }
 
     let mut md = String::new();
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
@@ -864,7 +875,7 @@ fn main() {
     writeln!(md, "# Benchmarks\n").unwrap();
     writeln!(
         md,
-        "Measured by `cargo bench -p cache-worker --features http --bench report` on {date}: {cpu}, {} threads available, scale {scale}. \
+        "Measured by `cargo bench -p cache-worker --features http,redis --bench report` on {date}: {cpu}, {} threads available, scale {scale}. \
          Each figure and its peer were measured moments apart in one process (best of several rounds); \
          absolute times on this shared machine are noise, the ratios are the result.\n",
         std::thread::available_parallelism().map_or(0, |n| n.get())
@@ -920,7 +931,7 @@ const NOTES: &str = "
   its first `full`, then inserts 50 changes 20 ms apart and takes, for each change, the time
   from `insert` to the last of the 1000 clients reading its `id:` line; server and clients
   share the two cores.
-- `CACHE_WORKER_BENCH_ONLY=dumps` (or `memory`, `reads`, `scaling`, `coalescing`, `refresh`, `sync`, `log`)
+- `CACHE_WORKER_BENCH_ONLY=dumps` (or `memory`, `reads`, `scaling`, `coalescing`, `refresh`, `sync`, `log`, `cluster`)
   runs one section and prints its rows without writing this file;
   `CACHE_WORKER_BENCH_SCALE=0.5` halves the large sets.
 
