@@ -12,11 +12,14 @@
 //!   panics and hangs ([`FetchError`]);
 //! - a supervised background refresher: full cycles on an interval, per-entry refresh and
 //!   expiry from the value, stale-if-error with backoff, and bulk loads swapped in whole;
-//! - warm starts from an atomic, checksummed, versioned dump file;
+//! - warm starts from an atomic, checksummed, versioned dump file, or from any
+//!   [`store::Store`];
 //! - change [`Event`]s, [`Stats`] and `tracing` events with `bucket` and `key` fields;
 //! - versions and delta sync: every change gets the next [`Worker::version`], and
 //!   [`Worker::changes_since`] tells a client what changed since the version it holds (over
-//!   HTTP and Server-Sent Events with the `http` feature).
+//!   HTTP and Server-Sent Events with the `http` feature);
+//! - with the `redis` feature, one bucket shared by several nodes: one polls the upstream,
+//!   all read from their own map.
 //!
 //! ```
 //! use std::time::Duration;
@@ -56,6 +59,7 @@
 //! | `macros` | yes | the [`#[cache_worker]`](macro@cache_worker) attribute (through `cache-worker-derive`) |
 //! | `vista` | no | the [`vista`] module: a client for the Vista Connect cinema API, its models, and the `Sessions`, `Cinemas` and `Films` workers over it (pulls in `reqwest` with `rustls`, and `jiff`, re-exported as `vista::jiff`) |
 //! | `http` | no | the [`http`] module: [`http::router`], an `axum` router that serves a bucket's delta sync as JSON (`GET /?since=V`, with merge patches) and its changes as Server-Sent Events (`GET /events`), to nest in an application (pulls in `axum` and `serde_json`) |
+//! | `redis` | no | the [`redis`] module: [`redis::RedisStore`], a bucket shared by several nodes through Redis or Valkey (one leader refreshes, every node reads its own map; pulls in `redis` with `rustls`) |
 //! | `vista-testing` | no | `vista::testing`: a fake Vista server on loopback with a recorded feed, for tests and demos (implies `vista`, pulls in `axum`) |
 //!
 //! Without `macros`, [`Worker::builder`] is the whole API, and the proc-macro crate (with `syn`)
