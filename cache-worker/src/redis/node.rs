@@ -128,6 +128,17 @@ impl<W: CacheWorker> Node<W> {
                 }
             }
         }
+        if self.token != 0 {
+            // The last changes (of loads the shutdown waits for, too) go to Redis while this
+            // node still holds the fence; the shutdown's own final write comes after the
+            // lease is released, when only the leader's writes are taken.
+            let _ = tokio::time::timeout(
+                self.inner.settings.shutdown_timeout,
+                self.inner.loads.wait(),
+            )
+            .await;
+            let _ = crate::store::persist::write(&self.inner).await;
+        }
         if self.token != 0
             && let Some(conn) = self.shared.connected()
         {
@@ -249,13 +260,19 @@ impl<W: CacheWorker> Node<W> {
         self.inner
             .adopt_version(start, (version != 0).then_some(version));
         if let Some(persisting) = &self.inner.store {
-            // Redis holds the bucket at `version`: the next write is the changes after it,
-            // or the whole copy if Redis is empty.
-            *persisting.written.lock() = (version != 0).then_some(version);
-            persisting.mark_dirty();
+            // The next write is the whole copy, at the version this node goes on from: so
+            // Redis, and every follower (which resyncs at the reset it marks), moves to this
+            // leader's line at once, whether or not the bucket changes. A leader change costs
+            // one full write and one resync per follower.
+            *persisting.written.lock() = None;
         }
+        // The token before the write below: a store write without it is a follower's, which
+        // writes nothing and would count the copy as written.
         self.token = token;
         self.shared.set_token(self.bucket(), token);
+        if let Some(persisting) = &self.inner.store {
+            persisting.mark_dirty();
+        }
         self.commands_after = conn.commands_done(&self.keys).await?;
         let due = match (self.inner.settings.refresh, conn.cycle(&self.keys).await?) {
             (Some(period), Some(last_ms)) => Some(
@@ -276,7 +293,11 @@ impl<W: CacheWorker> Node<W> {
             version = start,
             "leading: this node refreshes the bucket"
         );
-        self.ready();
+        if due.is_some() {
+            // The bucket was loaded by an earlier leader; with no cycle yet, `ready` waits
+            // for this node's first one, as on a single node.
+            self.ready();
+        }
         Ok(())
     }
 

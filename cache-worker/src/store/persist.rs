@@ -205,6 +205,16 @@ pub(crate) async fn write<W: CacheWorker>(inner: &Inner<W>) -> Result<(), super:
     if written == Some(version) {
         return Ok(());
     }
+    #[cfg(feature = "redis")]
+    if matches!(&batch, Batch::Changes { changes, .. } if changes.is_empty())
+        && persisting.store.shared().is_some()
+    {
+        // No change since the shared store's version, only this node's numbering moved on
+        // (a take-over's jump to its clock). Redis moves its version only with a change, so
+        // it stays at `written`, and the next batch goes on from there (the version log
+        // answers for it as for this run's start).
+        return Ok(());
+    }
     let (kind, count) = match &batch {
         Batch::Snapshot { entries, .. } => ("snapshot", entries.len()),
         Batch::Changes { changes, .. } => ("changes", changes.len()),
@@ -253,9 +263,12 @@ pub(crate) fn spawn_writer<W: CacheWorker>(inner: Arc<Inner<W>>) -> tokio::task:
                 } else {
                     delay.max(inner.settings.retry_delay(failures))
                 };
-                tokio::select! {
-                    _ = tokio::time::sleep_until(at + wait) => {}
-                    _ = inner.cancel.cancelled() => return,
+                // A store that wants every change at once (a shared one) skips the timer.
+                if at + wait > tokio::time::Instant::now() {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(at + wait) => {}
+                        _ = inner.cancel.cancelled() => return,
+                    }
                 }
             }
             if persisting.dirty.load(Ordering::Acquire) {

@@ -2,12 +2,16 @@
 //! upstream whose calls a test can count and hold ([`upstream`], [`hold`]), workers started over
 //! it ([`started`]), bounded waits ([`wait`]), events ([`events`]), dump files ([`files`]), the
 //! randomized tests' generator ([`random`]), with the `http` feature a server, an SSE reader
-//! and a client's JSON copy of a bucket ([`http`]) and, with the `vista-testing` feature, the
-//! fake Vista server's workers ([`vista`], [`outage`]).
+//! and a client's JSON copy of a bucket ([`http`]), with the `redis` feature a real
+//! `redis-server` to start, kill, pause and restart ([`redis`]) and nodes of one bucket over
+//! it ([`cluster`]) and, with the `vista-testing` feature, the fake Vista server's workers
+//! ([`vista`], [`outage`]).
 //!
 //! Each test binary compiles all of it and uses a part of it.
 #![allow(dead_code, unreachable_pub, unused_imports)]
 
+#[cfg(feature = "redis")]
+pub mod cluster;
 pub mod events;
 pub mod files;
 pub mod hold;
@@ -16,6 +20,8 @@ pub mod http;
 #[cfg(feature = "vista-testing")]
 pub mod outage;
 pub mod random;
+#[cfg(feature = "redis")]
+pub mod redis;
 pub mod started;
 pub mod upstream;
 #[cfg(feature = "vista-testing")]
