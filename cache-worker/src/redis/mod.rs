@@ -27,7 +27,11 @@
 //!   would. Each acquisition increments a fencing token that every write to Redis is checked
 //!   against: a leader that lost its lease without knowing it (paused, partitioned) has its
 //!   late writes refused, and steps down. When the leader dies, another node takes over within
-//!   the lease time, and runs its next cycle when the dead one would have.
+//!   the lease time, and runs its next cycle when the dead one would have. Its versions go on
+//!   from its own clock (so that no change of the old leader that never reached Redis shares
+//!   a version with one of its own), and it writes its copy whole at the first one: each
+//!   follower reloads the bucket once ([`Event::Resynced`](crate::Event::Resynced)), and a
+//!   client behind gets one `Full`.
 //! - **The leader's changes are the bucket's**: each one is written to Redis right after it is
 //!   made (entries, version, and the change log, a Redis Stream whose IDs are the versions,
 //!   trimmed to `delta_threshold`), in one atomic script that checks the fence.
