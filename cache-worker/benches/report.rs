@@ -931,6 +931,11 @@ const NOTES: &str = "
   its first `full`, then inserts 50 changes 20 ms apart and takes, for each change, the time
   from `insert` to the last of the 1000 clients reading its `id:` line; server and clients
   share the two cores.
+- The shared tier's rows start a `redis-server` on loopback (Debian's `redis-server`); both
+  nodes run in the bench's process. The follower's `peek` is compared with a raw map holding
+  the same `Arc`s; the warm start with one bare `HGETALL` of the same entries; the leader's
+  10k changes (until Redis's version is the last one's) with 10k pipelined `SET`s of one
+  encoded session.
 - `CACHE_WORKER_BENCH_ONLY=dumps` (or `memory`, `reads`, `scaling`, `coalescing`, `refresh`, `sync`, `log`, `cluster`)
   runs one section and prints its rows without writing this file;
   `CACHE_WORKER_BENCH_SCALE=0.5` halves the large sets.
