@@ -254,6 +254,19 @@ impl<W: CacheWorker> Node<W> {
             // Redis's copy is the bucket's: this one catches up before it leads.
             self.resync(conn).await?;
         }
+        // Everything read from Redis is read before the token is taken: from there on nothing
+        // can fail, so a node never holds the token without leading.
+        let commands_after = conn.commands_done(&self.keys).await?;
+        let last_cycle = conn.cycle(&self.keys).await?;
+        let due = match (self.inner.settings.refresh, last_cycle) {
+            (Some(period), Some(last_ms)) => Some(
+                self.inner
+                    .clock
+                    .instant_at(crate::clock::add_ms(last_ms, period)),
+            ),
+            _ => None,
+        };
+        self.commands_after = commands_after;
         // Versions go on from this node's clock (and never below Redis's), so a change an
         // earlier leader made and could not write never shares a version with one of ours.
         let start = crate::versions::log::clock_seed().max(version);
@@ -273,15 +286,6 @@ impl<W: CacheWorker> Node<W> {
         if let Some(persisting) = &self.inner.store {
             persisting.mark_dirty();
         }
-        self.commands_after = conn.commands_done(&self.keys).await?;
-        let due = match (self.inner.settings.refresh, conn.cycle(&self.keys).await?) {
-            (Some(period), Some(last_ms)) => Some(
-                self.inner
-                    .clock
-                    .instant_at(crate::clock::add_ms(last_ms, period)),
-            ),
-            _ => None,
-        };
         if let Some(link) = &self.inner.cluster {
             link.set_leading(true);
         }
