@@ -210,6 +210,9 @@ impl<W: CacheWorker> Worker<W> {
 
     /// Runs one full refresh cycle now and returns what it did. If a cycle is running, the
     /// next one (started right after it) is the one reported.
+    ///
+    /// On a follower of a shared bucket (feature `redis`) the leader refreshes: this returns
+    /// an empty report at once.
     pub async fn refresh_all(&self) -> Result<RefreshReport, Error> {
         let bucket = || self.inner.settings.bucket.clone();
         if !self.inner.is_running() {
