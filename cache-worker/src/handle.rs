@@ -314,6 +314,9 @@ impl<W: CacheWorker> Worker<W> {
     /// is empty, or holds only the seed, until then); after a warm start, the revalidation of
     /// the entries that were stale in the dump. [`Builder::start`] does not wait for it.
     ///
+    /// On a follower of a shared bucket (feature `redis`), which never refreshes, it waits
+    /// until the copy has caught up with the shared store, and the report is empty.
+    ///
     /// Returns at once once that cycle is done. The cycle may have failed (see the report's
     /// `failed`): the worker retries with backoff, and `ready` does not wait for a success.
     ///
