@@ -25,15 +25,10 @@ use common::cluster::{
 };
 use common::redis::RedisServer;
 use common::{
-    Reply, Upstream, builder, drain, drain_within, eventually_within, key, spawn_fetch, temp_dump,
-    within,
+    Reply, Upstream, builder, drain, drain_within, eventually_within, key, map, spawn_fetch,
+    temp_dump, within,
 };
 use tokio::time::Instant;
-
-/// `(key, value)` pairs as a map.
-fn map(pairs: &[(&str, u64)]) -> HashMap<String, u64> {
-    pairs.iter().map(|&(k, v)| (key(k), v)).collect()
-}
 
 /// `k0 → 0` … `k{n-1} → n-1`.
 fn numbered(n: u64) -> HashMap<String, u64> {

@@ -10,25 +10,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use cache_worker::Error;
 use cache_worker::store::{
     Batch, BucketId, FileStore, MemoryStore, Snapshot, Store, StoreError, Stored, Written,
 };
-use cache_worker::{Error, Worker};
-use common::{Upstream, builder, key, now_ms, on_disk, settle, temp_dump, until, write_dump};
+use common::{
+    Upstream, builder, contents, key, map, now_ms, on_disk, settle, temp_dump, until, write_dump,
+};
 use parking_lot::Mutex;
-
-/// What the worker holds now, as a plain map.
-fn contents(worker: &Worker<Upstream>) -> HashMap<String, u64> {
-    worker
-        .keys()
-        .into_iter()
-        .filter_map(|k| worker.peek(&k).map(|v| (k, *v)))
-        .collect()
-}
-
-fn map(pairs: &[(&str, u64)]) -> HashMap<String, u64> {
-    pairs.iter().map(|&(k, v)| (key(k), v)).collect()
-}
 
 /// An upstream whose cold start seeds `pairs`.
 fn seeded(pairs: &[(&str, u64)]) -> Upstream {

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use cache_worker::{Change, Changes, Error, Event, Worker};
 use common::{
-    Reply, Upstream, builder, drain, key, settle, started, started_on, started_with, temp_dump,
+    Reply, Upstream, builder, contents, drain, key, settle, started, started_on, started_with,
+    temp_dump,
 };
 
 /// A delta's changes as `(key, Some(value))` for a put and `(key, None)` for a removal.
@@ -80,15 +81,6 @@ impl Copy {
             }
         }
     }
-}
-
-/// What the bucket holds now, as a plain map.
-fn contents(worker: &Worker<Upstream>) -> HashMap<String, u64> {
-    worker
-        .keys()
-        .into_iter()
-        .filter_map(|k| worker.peek(&k).map(|v| (k, *v)))
-        .collect()
 }
 
 #[tokio::test]

@@ -151,18 +151,10 @@ pub(crate) fn batch<W: CacheWorker>(
                 .map(|record| Written {
                     version: record.version,
                     key: record.key.clone(),
-                    entry: record.value.as_ref().map(|value| {
-                        match map.get(&record.key) {
-                            // The entry as it is stored, with its load time and expiry.
-                            Some(e) if Arc::ptr_eq(&e.value, value) => stored(&e),
-                            // Changed again since: a later change carries what it is now.
-                            _ => Stored {
-                                value: value.clone(),
-                                loaded_at_ms: record.at_ms,
-                                expires_at_ms: None,
-                            },
-                        }
-                    }),
+                    entry: record
+                        .value
+                        .as_ref()
+                        .map(|value| stored_as(&map, &record.key, value.clone(), record.at_ms)),
                 })
                 .collect();
             return Batch::Changes {
@@ -177,18 +169,30 @@ pub(crate) fn batch<W: CacheWorker>(
     let entries = entries
         .into_iter()
         .map(|(key, value)| {
-            let stored = match map.get(&key) {
-                Some(e) if Arc::ptr_eq(&e.value, &value) => stored(&e),
-                _ => Stored {
-                    value,
-                    loaded_at_ms: inner.clock.now_ms(),
-                    expires_at_ms: None,
-                },
-            };
+            let stored = stored_as(&map, &key, value, inner.clock.now_ms());
             (key, stored)
         })
         .collect();
     Batch::Snapshot { version, entries }
+}
+
+/// `value` of `key` as a store keeps it: with the load time and expiry of the bucket's entry
+/// if that entry still holds it; else (it changed again since, and a later change or the next
+/// batch carries what it is now) loaded at `at_ms`, with no expiry.
+fn stored_as<K: Eq + std::hash::Hash, V>(
+    map: &Map<K, V>,
+    key: &K,
+    value: Arc<V>,
+    at_ms: u64,
+) -> Stored<V> {
+    match map.get(key) {
+        Some(e) if Arc::ptr_eq(&e.value, &value) => stored(&e),
+        _ => Stored {
+            value,
+            loaded_at_ms: at_ms,
+            expires_at_ms: None,
+        },
+    }
 }
 
 /// Writes what changed to the store now; a failure is logged, counted, and makes the next

@@ -152,13 +152,7 @@ pub async fn leader(server: &RedisServer, bucket: &str, nodes: &[Worker<Upstream
     }
 }
 
-/// What a node holds now, as a plain map.
-pub fn contents(node: &Worker<Upstream>) -> HashMap<String, u64> {
-    node.keys()
-        .into_iter()
-        .filter_map(|k| node.peek(&k).map(|v| (k, *v)))
-        .collect()
-}
+pub use super::started::contents;
 
 /// Each node's version and entries.
 fn states(nodes: &[&Worker<Upstream>]) -> Vec<(u64, HashMap<String, u64>)> {

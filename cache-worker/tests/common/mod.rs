@@ -35,6 +35,6 @@ pub use files::{
 };
 pub use hold::{Hold, Holds};
 pub use random::{Problems, Rng, handed_out, long_run};
-pub use started::{builder, spawn_fetch, spawn_refresh_all, started, started_with};
+pub use started::{builder, contents, map, spawn_fetch, spawn_refresh_all, started, started_with};
 pub use upstream::{Collection, Nothing, Reply, Seed, SeedFailure, Upstream, UpstreamError, key};
 pub use wait::{POLL, Timeline, eventually, eventually_within, poll_once, settle, until, within};

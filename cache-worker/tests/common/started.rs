@@ -47,3 +47,20 @@ pub fn spawn_refresh_all<W: CacheWorker>(
     let worker = worker.clone();
     tokio::spawn(async move { worker.refresh_all().await })
 }
+
+/// What the worker holds now, as a plain map.
+pub fn contents(worker: &Worker<Upstream>) -> std::collections::HashMap<String, u64> {
+    worker
+        .keys()
+        .into_iter()
+        .filter_map(|k| worker.peek(&k).map(|v| (k, *v)))
+        .collect()
+}
+
+/// `(key, value)` pairs as the map [`contents`] gives.
+pub fn map(pairs: &[(&str, u64)]) -> std::collections::HashMap<String, u64> {
+    pairs
+        .iter()
+        .map(|&(k, v)| (super::upstream::key(k), v))
+        .collect()
+}
