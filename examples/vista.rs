@@ -6,7 +6,9 @@
 //! happen. A second run starts warm from the dumps.
 //!
 //! While it watches it also serves the live page (`cache_worker_examples::live`) on loopback:
-//! open the URL it prints to see the next sessions update themselves as seats sell.
+//! open the URL it prints to see the next sessions update themselves as seats sell. Beside it,
+//! `/metrics` serves the three workers' counters, gauges and histograms in the Prometheus text
+//! format (`cache_worker_examples::prometheus`).
 //!
 //! ```text
 //! cargo run --example vista                     # cold: loads from the fake server
@@ -24,7 +26,7 @@ use std::time::{Duration, Instant};
 use cache_worker::vista::testing::FakeVista;
 use cache_worker::vista::{Cinemas, Feed, Films, Session, Sessions, VistaClient, VistaWorker};
 use cache_worker::{Event, StartKind, Worker};
-use cache_worker_examples::live;
+use cache_worker_examples::{live, prometheus};
 use futures_util::StreamExt;
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
@@ -60,6 +62,8 @@ async fn main() -> Result<(), BoxError> {
             .map_err(|_| format!("VISTA_DEMO_PORT={port:?} is not a port number"))?,
         Err(_) => 0,
     };
+    // Before the workers start, so that it hears of every load.
+    let metrics = prometheus::install()?;
     let dir = std::env::temp_dir().join("cache-worker-vista-demo");
     // The workers create this directory at start if it is missing.
 
@@ -92,8 +96,11 @@ async fn main() -> Result<(), BoxError> {
 
     // The live page, served from now until the end of the watch: it fills in as the workers load.
     let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port)).await?;
-    println!("live page:    http://{}/\n", listener.local_addr()?);
-    let app = live::app(sessions.clone(), cinemas.clone(), films.clone());
+    let addr = listener.local_addr()?;
+    println!("live page:    http://{addr}/");
+    println!("metrics:      http://{addr}/metrics\n");
+    let app = live::app(sessions.clone(), cinemas.clone(), films.clone())
+        .merge(prometheus::router(metrics));
     let page = tokio::spawn(async move {
         if let Err(error) = axum::serve(listener, app).await {
             println!("the live page stopped: {error}");
@@ -211,7 +218,7 @@ async fn main() -> Result<(), BoxError> {
         }
     }
     println!("{changes} seat changes, {removals} removals\n");
-    // Its event streams never end on their own: stop the page, then the workers.
+    // Its event streams never end on their own: stop the page (and `/metrics`), then the workers.
     page.abort();
 
     // Final dumps, then the counters of the sessions worker.

@@ -65,6 +65,8 @@ pub(crate) async fn write<W: CacheWorker>(inner: &Arc<Inner<W>>) -> Result<(), E
                 .stats
                 .last_dump_micros
                 .store(micros, Ordering::Relaxed);
+            #[cfg(feature = "metrics")]
+            crate::metrics::dump_written(bucket, &path, elapsed);
             tracing::info!(bucket, path = %path.display(), entries = count, ?elapsed, "dump written");
             Ok(())
         }

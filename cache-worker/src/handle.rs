@@ -401,6 +401,9 @@ async fn shut_down<W: CacheWorker>(inner: &Arc<Inner<W>>) -> Option<DumpFailure>
     // Logged and counted inside. The store is written after the dump: a store shared with
     // other nodes hears of this one's last changes once they are safe on disk too.
     let _ = persist::write(inner).await;
+    // After the final dump and store write, which the publisher (joined above) did not see.
+    #[cfg(feature = "metrics")]
+    crate::metrics::publish(inner);
     crate::versions::log::ended(inner.current_version());
     inner.closed.cancel();
     tracing::info!(bucket, final_dump_failed = failure.is_some(), "shut down");
@@ -634,6 +637,8 @@ impl<W: CacheWorker> Builder<W> {
         let store_writer = persist::spawn_writer(inner.clone());
         let mut background = inner.background.lock().await;
         background.extend([supervisor, writer, pruner, store_writer]);
+        #[cfg(feature = "metrics")]
+        background.push(crate::metrics::spawn_publisher(inner.clone()));
         #[cfg(feature = "redis")]
         if let Some(shared) = inner.store.as_ref().and_then(|p| p.store.shared()) {
             background.extend(crate::redis::spawn(inner.clone(), shared));

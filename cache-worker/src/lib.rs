@@ -60,6 +60,7 @@
 //! | `vista` | no | the [`vista`] module: a client for the Vista Connect cinema API, its models, and the `Sessions`, `Cinemas` and `Films` workers over it (pulls in `reqwest` with `rustls`, and `jiff`, re-exported as `vista::jiff`) |
 //! | `http` | no | the [`http`] module: [`http::router`], an `axum` router that serves a bucket's delta sync as JSON (`GET /?since=V`, with merge patches) and its changes as Server-Sent Events (`GET /events`), to nest in an application (pulls in `axum` and `serde_json`) |
 //! | `redis` | no | the [`redis`] module: [`redis::RedisStore`], a bucket shared by several nodes through Redis or Valkey (one leader refreshes, every node reads its own map; pulls in `redis` with `rustls`) |
+//! | `metrics` | no | every counter of [`Stats`], the entry count, loader-call, refresh-cycle and dump-write durations and the dump file's size, labelled `bucket`, through the [`metrics`](https://docs.rs/metrics) facade, so any exporter works (series listed in the README); reads never call the recorder: a task per worker publishes every second, and [`Worker::publish_metrics`] on demand (pulls in `metrics`) |
 //! | `vista-testing` | no | `vista::testing`: a fake Vista server on loopback with a recorded feed, for tests and demos (implies `vista`, pulls in `axum`) |
 //!
 //! Without `macros`, [`Worker::builder`] is the whole API, and the proc-macro crate (with `syn`)
@@ -87,6 +88,8 @@ mod events;
 mod handle;
 mod inner;
 mod load;
+#[cfg(feature = "metrics")]
+mod metrics;
 mod prefetch;
 mod refresh;
 mod slot;

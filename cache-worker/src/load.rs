@@ -21,13 +21,15 @@ pub(crate) async fn isolate<W: CacheWorker, T>(
     inner: &Inner<W>,
     what: &'static str,
     key: Option<&Key<W>>,
-    call: impl Future<Output = Result<T, W::Error>>,
-) -> Result<T, FetchError> {
+    call: impl Future<Output = Result<Option<T>, W::Error>>,
+) -> Result<Option<T>, FetchError> {
     let bucket = inner.bucket_name();
     let timeout = inner.settings.load_timeout;
     let started = Instant::now();
     let outcome = tokio::time::timeout(timeout, AssertUnwindSafe(call).catch_unwind()).await;
     let elapsed = started.elapsed();
+    #[cfg(feature = "metrics")]
+    crate::metrics::loader_call(bucket, what, &outcome, elapsed);
     match outcome {
         Ok(Ok(Ok(value))) => {
             tracing::debug!(bucket, key = ?key, ?elapsed, "{what} done");

@@ -368,6 +368,8 @@ impl<W: CacheWorker> Refresher<W> {
                 link.cycle_finished(inner.clock.now_ms());
             }
             let r = &cycle.report;
+            #[cfg(feature = "metrics")]
+            crate::metrics::refresh_cycle(inner.bucket_name(), r.duration);
             tracing::info!(
                 bucket = inner.bucket_name(),
                 bulk = r.bulk,
