@@ -30,6 +30,8 @@ const KEYS: &[(&str, &str)] = &[
     ("cache_enabled", "false"),
     ("delta_threshold", "10000"),
     ("delta_ttl", "\"1h\""),
+    ("max_entries", "10000"),
+    ("not_found_ttl", "\"30s\""),
     ("crate", "\"::cache_worker\""),
 ];
 
@@ -78,6 +80,8 @@ pub(crate) struct Attributes {
     pub(crate) cache_enabled: Option<Spanned<bool>>,
     pub(crate) delta_threshold: Option<Spanned<usize>>,
     pub(crate) delta_ttl: Option<Spanned<Duration>>,
+    pub(crate) max_entries: Option<Spanned<usize>>,
+    pub(crate) not_found_ttl: Option<Spanned<Duration>>,
     /// The path of the runtime crate, `::cache_worker` unless `crate = "..."` says otherwise.
     pub(crate) krate: Option<syn::Path>,
 }
@@ -176,6 +180,22 @@ impl State {
             "delta_threshold" => a.delta_threshold = integer::<usize>(cx, key, example, &value),
             // #[cache_worker(delta_ttl = "1h")]
             "delta_ttl" => a.delta_ttl = duration(cx, key, &value, NonZero::NotRequired),
+            // #[cache_worker(max_entries = 10000)] (at least 1; left out: no bound)
+            "max_entries" => {
+                a.max_entries = integer::<usize>(cx, key, example, &value).and_then(|n| {
+                    if n.value == 0 {
+                        cx.error_at(
+                            n.span,
+                            "`max_entries` must be at least 1 (leave it out for no bound)",
+                        );
+                        None
+                    } else {
+                        Some(n)
+                    }
+                });
+            }
+            // #[cache_worker(not_found_ttl = "30s")] (nonzero; left out: not remembered)
+            "not_found_ttl" => a.not_found_ttl = duration(cx, key, &value, NonZero::Required),
             // #[cache_worker(crate = "::my_reexport::cache_worker")]
             "crate" => a.krate = krate(cx, &value),
             _ => unreachable_key(cx, &meta.path),

@@ -278,6 +278,10 @@ fn settings(p: &TokenStream, a: &Attributes) -> TokenStream {
         literal(Literal::usize_suffixed(n.value), n.span)
     });
     let delta_ttl = option(p, a.delta_ttl.as_ref(), |d| duration(p, d));
+    let max_entries = option(p, a.max_entries.as_ref(), |n| {
+        literal(Literal::usize_suffixed(n.value), n.span)
+    });
+    let not_found_ttl = option(p, a.not_found_ttl.as_ref(), |d| duration(p, d));
     quote! {
         #p::Attributes {
             bucket: #bucket,
@@ -290,6 +294,8 @@ fn settings(p: &TokenStream, a: &Attributes) -> TokenStream {
             cache_enabled: #cache_enabled,
             delta_threshold: #delta_threshold,
             delta_ttl: #delta_ttl,
+            max_entries: #max_entries,
+            not_found_ttl: #not_found_ttl,
         }
     }
 }

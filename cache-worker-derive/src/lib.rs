@@ -25,6 +25,8 @@ use proc_macro::TokenStream;
 ///     cache_enabled = true,        // false: every get/fetch loads, nothing is read from the bucket
 ///     delta_threshold = 10000,     // changes kept for `changes_since` (0: none kept)
 ///     delta_ttl = "1h",            // how long a change is kept for `changes_since`
+///     max_entries = 10000,         // the most entries kept, the others evicted (default: no bound)
+///     not_found_ttl = "30s",       // how long a key the loader said does not exist is remembered
 ///     crate = "::cache_worker",    // the path to cache-worker, if it is re-exported elsewhere
 /// )]
 /// pub struct WidgetStore { /* the worker's state */ }

@@ -27,6 +27,9 @@ mod sync;
 
 #[path = "report/cluster.rs"]
 mod cluster;
+
+#[path = "report/bound.rs"]
+mod bound;
 /// The tests' `redis-server` harness, reused.
 #[allow(dead_code, unreachable_pub)]
 #[path = "../tests/common/redis.rs"]
@@ -852,6 +855,10 @@ fn main() {
     if run("log") {
         eprintln!("the version log's cost on a write…");
         sync::log_cost(&mut rows, &rt, small);
+    }
+    if run("bound") {
+        eprintln!("the memory bound…");
+        bound::bound(&mut rows, &rt, small);
     }
     if run("cluster") {
         eprintln!("the shared tier on Redis…");

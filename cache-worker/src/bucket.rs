@@ -19,6 +19,7 @@ use dashmap::DashMap;
 use dashmap::mapref::entry::Entry as MapEntry;
 use parking_lot::{Mutex, RwLock};
 
+use crate::bound::{Bound, Evicted, Meta};
 use crate::clock::Clock;
 use crate::events::RemovalCause;
 
@@ -41,6 +42,8 @@ pub(crate) struct Entry<V> {
     /// can tell that its key was written while it ran. Not kept in dumps: restored entries have
     /// 0, older than any write of this run.
     pub(crate) stamp: u64,
+    /// The bound's reads and admission of the key (only a bounded bucket keeps them).
+    pub(crate) meta: Meta,
 }
 
 impl<V> Entry<V> {
@@ -58,6 +61,7 @@ impl<V> Clone for Entry<V> {
             loaded_at: self.loaded_at,
             expires_at: self.expires_at,
             stamp: self.stamp,
+            meta: self.meta.clone(),
         }
     }
 }
@@ -118,11 +122,14 @@ pub(crate) struct Bucket<K, V> {
     removals: Mutex<HashMap<u64, u64>>,
     /// Hashes the keys in `removals`: one seed for the bucket's life, whatever map is current.
     removal_hasher: Hasher,
+    /// The eviction policy of a bounded bucket (`max_entries`).
+    bound: Option<Bound<K>>,
 }
 
 impl<K: Eq + Hash + Clone, V: PartialEq> Bucket<K, V> {
-    pub(crate) fn new(clock: Clock) -> Self {
+    pub(crate) fn new(clock: Clock, max_entries: Option<usize>) -> Self {
         Bucket {
+            bound: max_entries.map(Bound::new),
             map: ArcSwap::from_pointee(Map::with_hasher(Hasher::default())),
             writers: RwLock::new(()),
             clock,
@@ -153,10 +160,52 @@ impl<K: Eq + Hash + Clone, V: PartialEq> Bucket<K, V> {
         }
     }
 
-    /// Replaces the contents without a diff (restoring a dump before anyone reads).
+    /// Replaces the contents without a diff (restoring a dump before anyone reads, or a
+    /// follower's copy from its shared store).
     pub(crate) fn restore(&self, map: Map<K, V>) {
         let _gate = self.writers.write();
+        if let Some(bound) = &self.bound {
+            bound.rebuild(&map, self.stamp(), |_| true);
+        }
         self.map.store(Arc::new(map));
+    }
+
+    /// The bound, if the bucket has one.
+    pub(crate) fn bound(&self) -> Option<&Bound<K>> {
+        self.bound.as_ref()
+    }
+
+    /// Evicts one entry if the bucket holds more than its bound less `reserve` (see
+    /// [`Bound::evict`]).
+    pub(crate) fn evict_one(&self, reserve: usize, now: u64) -> Option<Evicted<K, V>> {
+        let bound = self.bound.as_ref()?;
+        let _gate = self.writers.read();
+        let map = self.map.load();
+        let evicted = bound.evict(&map, reserve, now)?;
+        self.note_removal(&evicted.0);
+        Some(evicted)
+    }
+
+    /// Notes a key inserted with `stamp` for the bound, if there is one.
+    fn admit(&self, key: Option<K>, stamp: u64, map: &Map<K, V>) {
+        if let (Some(bound), Some(key)) = (&self.bound, key) {
+            bound.admit(key, stamp, map);
+        }
+    }
+
+    /// A copy of the key for the bound to queue, if there is one.
+    fn for_bound(&self, key: &K) -> Option<K> {
+        self.bound.as_ref().map(|_| key.clone())
+    }
+
+    /// Notes a removal for the bound, if there is one.
+    fn forget<T>(&self, removed: Option<T>) -> Option<T> {
+        if removed.is_some()
+            && let Some(bound) = &self.bound
+        {
+            bound.forget();
+        }
+        removed
     }
 
     /// The value of `key`, unless it is absent or past its expiry.
@@ -170,6 +219,9 @@ impl<K: Eq + Hash + Clone, V: PartialEq> Bucket<K, V> {
         let entry = map.get(key)?;
         if self.expired_now(&entry) {
             return None;
+        }
+        if self.bound.is_some() {
+            entry.meta.touch();
         }
         Some(entry.value.clone())
     }
@@ -237,17 +289,19 @@ impl<K: Eq + Hash + Clone, V: PartialEq> Bucket<K, V> {
     pub(crate) fn store(&self, key: K, mut entry: Entry<V>) -> Change<V> {
         let _gate = self.writers.read();
         let map = self.map.load();
-        match map.entry(key) {
-            MapEntry::Occupied(mut o) => {
-                entry.stamp = self.stamp();
-                Self::replace(o.get_mut(), entry)
-            }
+        let queued = self.for_bound(&key);
+        let stamp = self.stamp();
+        entry.stamp = stamp;
+        let change = match map.entry(key) {
+            MapEntry::Occupied(mut o) => return Self::replace(o.get_mut(), entry),
             MapEntry::Vacant(v) => {
-                entry.stamp = self.stamp();
+                entry.meta = Meta::admitted(stamp);
                 v.insert(entry);
                 Change::Inserted
             }
-        }
+        };
+        self.admit(queued, stamp, &map);
+        change
     }
 
     /// Like [`store`](Self::store), but only if the key's entry is still the one of write
@@ -275,18 +329,23 @@ impl<K: Eq + Hash + Clone, V: PartialEq> Bucket<K, V> {
     pub(crate) fn store_vacant(&self, key: K, mut entry: Entry<V>) -> Option<Change<V>> {
         let _gate = self.writers.read();
         let map = self.map.load();
-        match map.entry(key) {
+        let queued = self.for_bound(&key);
+        let change = match map.entry(key) {
             MapEntry::Occupied(mut o) if o.get().expired(entry.loaded_at) => {
                 entry.stamp = self.stamp();
-                Some(Self::replace(o.get_mut(), entry))
+                return Some(Self::replace(o.get_mut(), entry));
             }
-            MapEntry::Occupied(_) => None,
+            MapEntry::Occupied(_) => return None,
             MapEntry::Vacant(v) => {
                 entry.stamp = self.stamp();
+                entry.meta = Meta::admitted(entry.stamp);
+                let stamp = entry.stamp;
                 v.insert(entry);
-                Some(Change::Inserted)
+                (Change::Inserted, stamp)
             }
-        }
+        };
+        self.admit(queued, change.1, &map);
+        Some(change.0)
     }
 
     /// Removes the entry if it is still the one of write `basis` and has not expired by `now`
@@ -298,6 +357,8 @@ impl<K: Eq + Hash + Clone, V: PartialEq> Bucket<K, V> {
     /// Replaces the entry in `slot` (its stamp already set): an expired one is reported as
     /// such, an equal value keeps the stored `Arc`.
     fn replace(slot: &mut Entry<V>, mut entry: Entry<V>) -> Change<V> {
+        // The same admission of the key, with the reads it had.
+        entry.meta = slot.meta.clone();
         if slot.expired(entry.loaded_at) {
             let expired = std::mem::replace(slot, entry).value;
             Change::AfterExpiry { expired }
@@ -321,7 +382,7 @@ impl<K: Eq + Hash + Clone, V: PartialEq> Bucket<K, V> {
     {
         let _gate = self.writers.read();
         let map = self.map.load();
-        let removed = map.remove(key);
+        let removed = self.forget(map.remove(key));
         self.note_removal(key);
         removed
     }
@@ -334,7 +395,7 @@ impl<K: Eq + Hash + Clone, V: PartialEq> Bucket<K, V> {
     fn remove_if(&self, key: &K, keep: impl FnOnce(&Entry<V>) -> bool) -> Option<(K, Entry<V>)> {
         let _gate = self.writers.read();
         let map = self.map.load();
-        let removed = map.remove_if(key, |_, e| keep(e))?;
+        let removed = self.forget(map.remove_if(key, |_, e| keep(e)))?;
         self.note_removal(key);
         Some(removed)
     }
@@ -371,13 +432,29 @@ impl<K: Eq + Hash + Clone, V: PartialEq> Bucket<K, V> {
                     .is_some_and(|&stamp| stamp > began)
         };
         let stamp = self.stamp();
-        let new = Map::with_capacity_and_hasher(entries.len(), Hasher::default());
+        // A bounded bucket takes no more of the collection than its bound: the keys it holds
+        // first, then new ones while there is room. The rest never enter (a read of one
+        // loads it), so a collection larger than the bound does not churn through it.
+        let (entries, room) = match &self.bound {
+            Some(bound) if entries.len() > bound.max() => {
+                let (mut held, new): (Vec<_>, Vec<_>) = entries
+                    .into_iter()
+                    .partition(|(key, _)| old.contains_key(key));
+                held.extend(new);
+                (held, bound.max())
+            }
+            _ => (entries, usize::MAX),
+        };
+        let new = Map::with_capacity_and_hasher(entries.len().min(room), Hasher::default());
         let mut changes = Vec::new();
         for (key, mut entry) in entries {
             if new.contains_key(&key) {
                 continue;
             }
             let prev = old.get(&key);
+            if prev.is_none() && new.len() >= room {
+                continue;
+            }
             let change = match &prev {
                 // Written after the load began: kept as it is, below.
                 Some(prev) if prev.stamp > began => continue,
@@ -394,6 +471,9 @@ impl<K: Eq + Hash + Clone, V: PartialEq> Bucket<K, V> {
                 },
                 None => Change::Inserted,
             };
+            if let Some(prev) = &prev {
+                entry.meta = prev.meta.clone();
+            }
             drop(prev);
             entry.stamp = stamp;
             let value = entry.value.clone();
@@ -416,6 +496,9 @@ impl<K: Eq + Hash + Clone, V: PartialEq> Bucket<K, V> {
                 RemovalCause::Gone
             };
             removed.push((e.key().clone(), e.value.clone(), cause));
+        }
+        if let Some(bound) = &self.bound {
+            bound.rebuild(&new, stamp, |key| old.contains_key(key));
         }
         self.map.store(Arc::new(new));
         drop(gate);

@@ -443,6 +443,7 @@ where
                         loaded_at: record.loaded_at,
                         expires_at: record.expires_at,
                         stamp: 0,
+                        meta: crate::bound::Meta::new(),
                     },
                 );
             }
@@ -527,6 +528,7 @@ mod tests {
                         loaded_at: 1000 + i,
                         expires_at: crate::bucket::NEVER,
                         stamp: 0,
+                        meta: crate::bound::Meta::new(),
                     },
                 )
             })
@@ -783,6 +785,7 @@ pub(crate) fn decode_entry<V: DeserializeOwned>(schema: u32, bytes: &[u8]) -> Op
             loaded_at,
             expires_at,
             stamp: 0,
+            meta: crate::bound::Meta::new(),
         }),
         _ => None,
     }
@@ -822,6 +825,7 @@ pub mod exposed {
                             loaded_at: *loaded_at,
                             expires_at: *expires_at,
                             stamp: 0,
+                            meta: crate::bound::Meta::new(),
                         },
                     )
                 })

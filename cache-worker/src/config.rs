@@ -40,6 +40,10 @@ pub struct Settings {
     pub delta_threshold: usize,
     /// How long the version log keeps a change.
     pub delta_ttl: Duration,
+    /// The most entries the bucket holds; `None`: no bound.
+    pub max_entries: Option<usize>,
+    /// How long a key the loader said does not exist is remembered as such; `None`: not at all.
+    pub not_found_ttl: Option<Duration>,
 }
 
 /// [`Settings::MAX_DURATION`], as the error messages say it.
@@ -56,6 +60,8 @@ impl Settings {
     pub const MAX_DELTA_THRESHOLD: usize = 1 << 24;
     /// The default `delta_threshold`: 10 000 changes.
     pub const DEFAULT_DELTA_THRESHOLD: usize = 10_000;
+    /// The largest `max_entries`: 2^40 entries.
+    pub const MAX_ENTRIES: usize = 1 << 40;
     /// The default `delta_ttl`: one hour.
     pub const DEFAULT_DELTA_TTL: Duration = Duration::from_secs(3600);
 
@@ -75,6 +81,8 @@ impl Settings {
             retry_max: Duration::from_secs(300),
             delta_threshold: Settings::DEFAULT_DELTA_THRESHOLD,
             delta_ttl: Settings::DEFAULT_DELTA_TTL,
+            max_entries: None,
+            not_found_ttl: None,
         }
     }
 
@@ -109,6 +117,20 @@ impl Settings {
                 return invalid(setting, format!("must be from 1 to {max}, not {value}"));
             }
         }
+        if let Some(max) = self.max_entries
+            && !(1..=Settings::MAX_ENTRIES).contains(&max)
+        {
+            return invalid(
+                "max_entries",
+                format!("must be from 1 to {}, not {max}", Settings::MAX_ENTRIES),
+            );
+        }
+        if self.not_found_ttl.is_some_and(|d| d.is_zero()) {
+            return invalid(
+                "not_found_ttl",
+                "must be longer than zero (leave it unset to remember nothing)".to_owned(),
+            );
+        }
         if self.delta_threshold > Settings::MAX_DELTA_THRESHOLD {
             return invalid(
                 "delta_threshold",
@@ -127,6 +149,7 @@ impl Settings {
             ("retry_min", self.retry_min),
             ("retry_max", self.retry_max),
             ("delta_ttl", self.delta_ttl),
+            ("not_found_ttl", self.not_found_ttl.unwrap_or_default()),
         ];
         for (setting, value) in durations {
             if value > Settings::MAX_DURATION {
@@ -184,6 +207,8 @@ pub(crate) struct Layer {
     pub(crate) retry_max: Option<Duration>,
     pub(crate) delta_threshold: Option<usize>,
     pub(crate) delta_ttl: Option<Duration>,
+    pub(crate) max_entries: Option<Option<usize>>,
+    pub(crate) not_found_ttl: Option<Option<Duration>>,
 }
 
 impl Layer {
@@ -207,6 +232,8 @@ impl Layer {
         set(&mut s.retry_max, &self.retry_max);
         set(&mut s.delta_threshold, &self.delta_threshold);
         set(&mut s.delta_ttl, &self.delta_ttl);
+        set(&mut s.max_entries, &self.max_entries);
+        set(&mut s.not_found_ttl, &self.not_found_ttl);
     }
 
     /// Whether this layer sets `setting` (named as in the environment: `REFRESH`, `FILE`, ...).
@@ -225,6 +252,8 @@ impl Layer {
             "RETRY_MAX" => self.retry_max.is_some(),
             "DELTA_THRESHOLD" => self.delta_threshold.is_some(),
             "DELTA_TTL" => self.delta_ttl.is_some(),
+            "MAX_ENTRIES" => self.max_entries.is_some(),
+            "NOT_FOUND_TTL" => self.not_found_ttl.is_some(),
             _ => false,
         }
     }
@@ -318,6 +347,50 @@ impl Layer {
         layer.event_capacity = number("EVENT_CAPACITY", 1, Settings::MAX_EVENT_CAPACITY)?;
         layer.delta_threshold = number("DELTA_THRESHOLD", 0, Settings::MAX_DELTA_THRESHOLD)?;
         layer.delta_ttl = duration("DELTA_TTL")?;
+        if let Some((variable, value)) = get("MAX_ENTRIES") {
+            layer.max_entries = Some(match value.trim() {
+                "none" | "off" => None,
+                text => match text.parse::<usize>() {
+                    Ok(n) if (1..=Settings::MAX_ENTRIES).contains(&n) => Some(n),
+                    _ => {
+                        return Err(invalid(
+                            variable,
+                            value.clone(),
+                            &format!(
+                                "expected a whole number from 1 to {}, or \"none\"",
+                                Settings::MAX_ENTRIES
+                            ),
+                        ));
+                    }
+                },
+            });
+        }
+        if let Some((variable, value)) = get("NOT_FOUND_TTL") {
+            layer.not_found_ttl = Some(match value.trim() {
+                "none" | "off" => None,
+                text => match humantime::parse_duration(text) {
+                    Ok(d) if !d.is_zero() && d <= Settings::MAX_DURATION => Some(d),
+                    Ok(_) => {
+                        return Err(invalid(
+                            variable,
+                            value.clone(),
+                            &format!(
+                                "expected a duration longer than zero and at most {MAX_DURATION_TEXT}, or \"off\""
+                            ),
+                        ));
+                    }
+                    Err(e) => {
+                        return Err(invalid(
+                            variable,
+                            value.clone(),
+                            &format!(
+                                "{e}; expected a duration such as \"30s\" or \"5m\", or \"off\""
+                            ),
+                        ));
+                    }
+                },
+            });
+        }
         if let Some((variable, value)) = get("SCHEMA") {
             layer.schema = Some(value.trim().parse::<u32>().map_err(|_| {
                 invalid(
@@ -352,6 +425,8 @@ pub struct Attributes {
     pub cache_enabled: Option<bool>,
     pub delta_threshold: Option<usize>,
     pub delta_ttl: Option<Duration>,
+    pub max_entries: Option<usize>,
+    pub not_found_ttl: Option<Duration>,
 }
 
 impl Attributes {
@@ -367,6 +442,8 @@ impl Attributes {
             cache_enabled: self.cache_enabled,
             delta_threshold: self.delta_threshold,
             delta_ttl: self.delta_ttl,
+            max_entries: self.max_entries.map(Some),
+            not_found_ttl: self.not_found_ttl.map(Some),
             ..Layer::default()
         }
     }
@@ -412,6 +489,8 @@ mod tests {
                 ("CACHE_WORKER_S_RETRY_MAX", "1m"),
                 ("CACHE_WORKER_S_DELTA_THRESHOLD", "0"),
                 ("CACHE_WORKER_S_DELTA_TTL", "10m"),
+                ("CACHE_WORKER_S_MAX_ENTRIES", "10000"),
+                ("CACHE_WORKER_S_NOT_FOUND_TTL", "30s"),
             ]),
         )
         .expect("valid");
@@ -430,6 +509,34 @@ mod tests {
         assert_eq!(s.retry_max, Duration::from_secs(60));
         assert_eq!(s.delta_threshold, 0);
         assert_eq!(s.delta_ttl, Duration::from_secs(600));
+        assert_eq!(s.max_entries, Some(10_000));
+        assert_eq!(s.not_found_ttl, Some(Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn max_entries_and_not_found_ttl_can_be_turned_off_or_refused() {
+        let layer = Layer::from_env(
+            "s",
+            &Layer::default(),
+            env(&[
+                ("CACHE_WORKER_S_MAX_ENTRIES", "none"),
+                ("CACHE_WORKER_S_NOT_FOUND_TTL", "off"),
+            ]),
+        )
+        .expect("valid");
+        assert_eq!(layer.max_entries, Some(None));
+        assert_eq!(layer.not_found_ttl, Some(None));
+        for (variable, bad) in [
+            ("CACHE_WORKER_S_MAX_ENTRIES", "0"),
+            ("CACHE_WORKER_S_MAX_ENTRIES", "ten thousand"),
+            ("CACHE_WORKER_S_NOT_FOUND_TTL", "0s"),
+            ("CACHE_WORKER_S_NOT_FOUND_TTL", "a while"),
+        ] {
+            let err =
+                Layer::from_env("s", &Layer::default(), env(&[(variable, bad)])).expect_err(bad);
+            let msg = err.to_string();
+            assert!(msg.contains(variable) && msg.contains(bad), "{msg}");
+        }
     }
 
     #[test]

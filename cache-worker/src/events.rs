@@ -22,6 +22,9 @@ pub enum RemovalCause {
     Gone,
     /// It was removed with `invalidate`.
     Invalidated,
+    /// The bucket was at its bound ([`Builder::max_entries`](crate::Builder::max_entries)) and
+    /// it was the entry least worth keeping.
+    Evicted,
 }
 
 /// A change in a worker's bucket. Writing a value equal to the stored one is no change and

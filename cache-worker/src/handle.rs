@@ -430,6 +430,8 @@ async fn shut_down<W: CacheWorker>(inner: &Arc<Inner<W>>) -> Option<DumpFailure>
 /// | [`retry_backoff`](Builder::retry_backoff) | 1 s doubling to 5 min | `.._RETRY_MIN`, `.._RETRY_MAX` |
 /// | [`delta_threshold`](Builder::delta_threshold) | 10 000 changes | `.._DELTA_THRESHOLD` (0 keeps none: every client behind gets the full bucket) |
 /// | [`delta_ttl`](Builder::delta_ttl) | 1 h | `.._DELTA_TTL` |
+/// | [`max_entries`](Builder::max_entries) | none (no bound) | `.._MAX_ENTRIES` (`none` for no bound) |
+/// | [`not_found_ttl`](Builder::not_found_ttl) | none (not remembered) | `.._NOT_FOUND_TTL` (`off` for none) |
 ///
 /// Durations in the environment are written as `"90s"`, `"15m"`, `"1h"`, `"1h30m"`. Every
 /// duration is at most [`Settings::MAX_DURATION`]; a setting out of its range, from any layer,
@@ -549,6 +551,39 @@ impl<W: CacheWorker> Builder<W> {
         self
     }
 
+    /// The most entries the bucket holds (default: no bound; from 1 to
+    /// [`Settings::MAX_ENTRIES`]). A write that takes it over evicts the entry least worth
+    /// keeping by S3-FIFO: a key read since it came in stays before one that was not, and a
+    /// flood of keys read once passes through a small queue (a tenth of the bound) without
+    /// displacing the keys that are read. An evicted entry is a change like any other:
+    /// versioned, logged, written to the dump and the store, and sent as
+    /// [`Event::Removed`](crate::Event::Removed) with [`RemovalCause::Evicted`](crate::RemovalCause::Evicted);
+    /// [`Stats::evicted`](crate::Stats::evicted) counts them. Keys remembered as not found
+    /// ([`not_found_ttl`](Self::not_found_ttl)) count against the bound too, up to a tenth of
+    /// it.
+    ///
+    /// On a shared bucket (feature `redis`) the leader evicts and its followers follow. A
+    /// bulk loader (`load_all`) that returns more than the bound fills the bucket and the
+    /// excess is evicted at once.
+    pub fn max_entries(mut self, entries: usize) -> Self {
+        self.explicit.max_entries = Some(Some(entries));
+        self
+    }
+
+    /// How long a key the loader said does not exist (`Ok(None)` on a miss) is remembered as
+    /// such (default: not at all): reads of it within that time answer "not found"
+    /// ([`FetchError::NotFound`](crate::FetchError::NotFound), `None` from `get`) without calling the loader, so a flood of
+    /// reads of a missing id reaches upstream once per key and period. Counted by
+    /// [`Stats::not_found_hits`](crate::Stats::not_found_hits). A remembered key is forgotten
+    /// when its time is up, when it gets a value (`insert`, a load, a refresh), or on
+    /// `invalidate`; it is not an entry (no event, no version, not in dumps or stores). With
+    /// [`max_entries`](Self::max_entries), at most a tenth of the bound is remembered (the
+    /// oldest are forgotten first); without, as many as are within their time.
+    pub fn not_found_ttl(mut self, ttl: Duration) -> Self {
+        self.explicit.not_found_ttl = Some(Some(ttl));
+        self
+    }
+
     /// The first and the longest delay between retries of a failed reload.
     pub fn retry_backoff(mut self, first: Duration, max: Duration) -> Self {
         self.explicit.retry_min = Some(first);
@@ -626,6 +661,8 @@ impl<W: CacheWorker> Builder<W> {
                     .stats
                     .restored
                     .store(*restored as u64, Ordering::Relaxed);
+                // A dump of a larger bound, or of none: the excess goes before anyone reads.
+                inner.enforce_bound();
             }
             StartKind::Cold(_) if inner.settings.cache_enabled => seed(&inner).await?,
             StartKind::Cold(_) => {}

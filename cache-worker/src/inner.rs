@@ -13,6 +13,7 @@ use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::bound::absent::Absent;
 use crate::bucket::{Bucket, Change, Entry, Hasher, NEVER};
 use crate::clock::{Clock, add_ms};
 use crate::config::Settings;
@@ -41,6 +42,8 @@ pub(crate) struct Inner<W: CacheWorker> {
     pub(crate) state: W,
     pub(crate) settings: Settings,
     pub(crate) bucket: Bucket<Key<W>, Value<W>>,
+    /// Keys the loader said do not exist, while `not_found_ttl` remembers them.
+    pub(crate) absent: Option<Absent<Key<W>>>,
     /// Loads in flight, one per key: later misses of the key wait on the same one.
     pub(crate) flights: DashMap<Key<W>, InFlight<Value<W>>, Hasher>,
     pub(crate) stats: Counters,
@@ -111,7 +114,15 @@ impl<W: CacheWorker> Inner<W> {
         let log = ChangeLog::new(settings.delta_threshold, settings.delta_ttl);
         Inner {
             state,
-            bucket: Bucket::new(clock),
+            bucket: Bucket::new(clock, settings.max_entries),
+            absent: settings
+                .not_found_ttl
+                .filter(|_| settings.cache_enabled)
+                .map(|ttl| {
+                    let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+                    // Their share of a bound: a tenth of it.
+                    Absent::new(ttl_ms, settings.max_entries.map(|max| (max / 10).max(1)))
+                }),
             flights: DashMap::with_hasher(Hasher::default()),
             stats: Counters::default(),
             events: Events::new(settings.event_capacity),
@@ -162,6 +173,7 @@ impl<W: CacheWorker> Inner<W> {
             loaded_at: now,
             expires_at,
             stamp: 0,
+            meta: crate::bound::Meta::new(),
         }
     }
 
@@ -176,7 +188,11 @@ impl<W: CacheWorker> Inner<W> {
         let at = entry.loaded_at;
         let mut order = self.write_order.lock();
         let change = self.bucket.store(key.clone(), entry);
+        let inserted = matches!(change, Change::Inserted);
         self.after_change(&mut order, at, key.clone(), value.clone(), change, source);
+        if inserted {
+            self.evict_over_bound(&mut order, at);
+        }
         drop(order);
         self.schedule(&key, &value);
     }
@@ -200,6 +216,7 @@ impl<W: CacheWorker> Inner<W> {
         let Some(change) = self.bucket.store_vacant(key.clone(), entry) else {
             return;
         };
+        let inserted = matches!(change, Change::Inserted);
         self.after_change(
             &mut order,
             at,
@@ -208,6 +225,9 @@ impl<W: CacheWorker> Inner<W> {
             change,
             Source::Load,
         );
+        if inserted {
+            self.evict_over_bound(&mut order, at);
+        }
         drop(order);
         self.schedule(&key, &value);
     }
@@ -285,6 +305,9 @@ impl<W: CacheWorker> Inner<W> {
             }
             Change::Inserted => {
                 bump(&self.stats.inserted);
+                if let Some(absent) = &self.absent {
+                    absent.forget(&key);
+                }
                 tracing::debug!(bucket, key = ?key, ?source, "{bucket}.inserted");
                 self.mark_dirty();
                 let version = log.append(&key, Some(value.clone()), None, at);
@@ -322,10 +345,10 @@ impl<W: CacheWorker> Inner<W> {
         value: Arc<Value<W>>,
         cause: RemovalCause,
     ) {
-        if cause == RemovalCause::Expired {
-            bump(&self.stats.expired);
-        } else {
-            bump(&self.stats.removed);
+        match cause {
+            RemovalCause::Expired => bump(&self.stats.expired),
+            RemovalCause::Evicted => bump(&self.stats.evicted),
+            _ => bump(&self.stats.removed),
         }
         let bucket = self.bucket_name();
         tracing::debug!(bucket, key = ?key, ?cause, "{bucket}.removed");
@@ -352,6 +375,9 @@ impl<W: CacheWorker> Inner<W> {
             // Read under `write_order` by the load before it stores.
             in_flight.stale.store(true, Ordering::Relaxed);
         }
+        if let Some(absent) = &self.absent {
+            absent.forget(key);
+        }
         #[cfg(feature = "redis")]
         if let Some(link) = self.follower() {
             // The leader removes it, and this copy with it when its change comes.
@@ -373,6 +399,49 @@ impl<W: CacheWorker> Inner<W> {
             RemovalCause::Invalidated,
         );
         Some(entry.value)
+    }
+
+    /// Evicts entries while the bucket holds more than its bound (less the keys remembered as
+    /// not found), each a removal with [`RemovalCause::Evicted`] (or `Expired`, for one past
+    /// its expiry). Called with `write_order` held (`log`) after a write that inserted.
+    pub(crate) fn evict_over_bound(&self, log: &mut ChangeLog<Key<W>, Value<W>>, now: u64) {
+        if self.bucket.bound().is_none() {
+            return;
+        }
+        let reserve = self.absent.as_ref().map_or(0, Absent::len);
+        while let Some((key, entry)) = self.bucket.evict_one(reserve, now) {
+            let cause = if entry.expired(now) {
+                RemovalCause::Expired
+            } else {
+                RemovalCause::Evicted
+            };
+            self.after_remove(log, now, key, entry.value, cause);
+        }
+    }
+
+    /// Remembers a key the loader said does not exist, if `not_found_ttl` is set: it counts
+    /// against the bound, which may evict.
+    pub(crate) fn remember_absent(&self, key: &Key<W>, stale: &AtomicBool) {
+        let Some(absent) = &self.absent else {
+            return;
+        };
+        let now = self.clock.now_ms();
+        let mut order = self.write_order.lock();
+        // Invalidated, or given a value, while it loaded: that is newer than what it said.
+        if stale.load(Ordering::Relaxed) || self.bucket.stamp_of(key).is_some() {
+            return;
+        }
+        absent.remember(key.clone(), now);
+        self.evict_over_bound(&mut order, now);
+    }
+
+    /// Evicts down to the bound after a start restored more than it.
+    pub(crate) fn enforce_bound(&self) {
+        if self.bucket.bound().is_some() && self.refreshes() {
+            let now = self.clock.now_ms();
+            let mut order = self.write_order.lock();
+            self.evict_over_bound(&mut order, now);
+        }
     }
 
     /// Tells the refresher about an entry with its own refresh interval or expiry.

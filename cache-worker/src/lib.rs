@@ -78,6 +78,7 @@
 // `doc_cfg` puts a "feature = ..." badge on each feature-gated item.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod bound;
 mod bucket;
 mod clock;
 mod codec;

@@ -80,6 +80,12 @@ pub(crate) async fn fetch<W: CacheWorker>(
             return Ok(value);
         }
         inner.stats.misses.incr();
+        if let Some(absent) = &inner.absent
+            && absent.contains(key, inner.clock.now_ms())
+        {
+            bump(&inner.stats.not_found_hits);
+            return Err(FetchError::NotFound);
+        }
     }
     if !inner.is_running() {
         return Err(FetchError::NotStarted);
@@ -135,7 +141,10 @@ fn spawn_load<W: CacheWorker>(inner: Arc<Inner<W>>, key: Key<W>) -> InFlight<Val
                     }
                     Ok(value)
                 }
-                Ok(None) => Err(FetchError::NotFound),
+                Ok(None) => {
+                    inner.remember_absent(&key, &stale);
+                    Err(FetchError::NotFound)
+                }
                 Err(error) => Err(error),
             }
         }

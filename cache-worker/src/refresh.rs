@@ -591,6 +591,8 @@ fn replace_all<W: CacheWorker>(
         }
         inner.after_remove(&mut order, now, key, value, cause);
     }
+    // A bulk load larger than the bound: the excess goes now, after the swap's own changes.
+    inner.evict_over_bound(&mut order, now);
     drop(order);
     for (key, value) in stored {
         inner.schedule(&key, &value);

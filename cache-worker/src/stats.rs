@@ -67,6 +67,8 @@ pub(crate) struct Counters {
     pub(crate) store_writes: AtomicU64,
     pub(crate) store_failures: AtomicU64,
     pub(crate) store_undecodable: AtomicU64,
+    pub(crate) evicted: AtomicU64,
+    pub(crate) not_found_hits: AtomicU64,
 }
 
 pub(crate) fn bump(c: &AtomicU64) {
@@ -103,6 +105,8 @@ impl Counters {
             store_writes: get(&self.store_writes),
             store_failures: get(&self.store_failures),
             store_undecodable: get(&self.store_undecodable),
+            evicted: get(&self.evicted),
+            not_found_hits: get(&self.not_found_hits),
         }
     }
 }
@@ -166,4 +170,10 @@ pub struct Stats {
     /// Entries or changes read from a shared store that did not decode as this worker's key
     /// and value types (another schema, or garbage): skipped, never served.
     pub store_undecodable: u64,
+    /// Entries evicted because the bucket was at its bound
+    /// ([`Builder::max_entries`](crate::Builder::max_entries)).
+    pub evicted: u64,
+    /// Reads answered "not found" without a load, because the loader had said so of the key
+    /// within [`Builder::not_found_ttl`](crate::Builder::not_found_ttl).
+    pub not_found_hits: u64,
 }

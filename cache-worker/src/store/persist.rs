@@ -57,6 +57,7 @@ pub(crate) fn entry<V>(stored: Stored<V>) -> Entry<V> {
         loaded_at: stored.loaded_at_ms,
         expires_at: stored.expires_at_ms.unwrap_or(NEVER),
         stamp: 0,
+        meta: crate::bound::Meta::new(),
     }
 }
 
