@@ -54,6 +54,8 @@ const COUNTERS: &[CounterRow] = &[
     ("cache_worker_store_writes_total", "Batches written to the bucket's store.", |s| s.store_writes),
     ("cache_worker_store_failures_total", "Store writes that failed (retried with a snapshot).", |s| s.store_failures),
     ("cache_worker_store_undecodable_total", "Entries or changes read from a shared store that did not decode.", |s| s.store_undecodable),
+    ("cache_worker_evicted_total", "Entries evicted because the bucket was at its bound (max_entries).", |s| s.evicted),
+    ("cache_worker_not_found_hits_total", "Reads answered not found without a load, within not_found_ttl.", |s| s.not_found_hits),
 ];
 
 /// A gauge read from [`Stats`]: its series name, description, unit, and how to read it.

@@ -54,6 +54,8 @@ fn counters(s: &Stats) -> Vec<(&'static str, u64)> {
         ("cache_worker_store_writes_total", s.store_writes),
         ("cache_worker_store_failures_total", s.store_failures),
         ("cache_worker_store_undecodable_total", s.store_undecodable),
+        ("cache_worker_evicted_total", s.evicted),
+        ("cache_worker_not_found_hits_total", s.not_found_hits),
     ]
 }
 

@@ -321,5 +321,7 @@ fn counters(s: &Stats) -> Vec<(&'static str, u64)> {
         ("store_writes", s.store_writes),
         ("store_failures", s.store_failures),
         ("store_undecodable", s.store_undecodable),
+        ("evicted", s.evicted),
+        ("not_found_hits", s.not_found_hits),
     ]
 }
