@@ -439,18 +439,43 @@ where
     }
 }
 
-/// Decodes entries read from Redis; returns them and how many did not decode.
-pub(crate) fn decode_all<K: DeserializeOwned, V: DeserializeOwned>(
+/// Decodes entries read from Redis; returns them and how many did not decode. A large
+/// snapshot is decoded in parts on the cores there are (a warm start or a resync, before
+/// anyone reads this copy).
+pub(crate) fn decode_all<K: DeserializeOwned + Send, V: DeserializeOwned + Send + Sync>(
     schema: u32,
     raw: Vec<(Vec<u8>, Vec<u8>)>,
 ) -> (Vec<(K, crate::bucket::Entry<V>)>, u64) {
-    let mut undecodable = 0;
-    let mut entries = Vec::with_capacity(raw.len());
-    for (key, entry) in raw {
-        match (codec::decode_key(&key), codec::decode_entry(schema, &entry)) {
-            (Some(key), Some(entry)) => entries.push((key, entry)),
-            _ => undecodable += 1,
+    let decode = |part: &[(Vec<u8>, Vec<u8>)]| {
+        let mut undecodable = 0;
+        let mut entries = Vec::with_capacity(part.len());
+        for (key, entry) in part {
+            match (codec::decode_key(key), codec::decode_entry(schema, entry)) {
+                (Some(key), Some(entry)) => entries.push((key, entry)),
+                _ => undecodable += 1,
+            }
         }
+        (entries, undecodable)
+    };
+    let parts = crate::store::persist::parts_for(raw.len());
+    if parts == 1 {
+        return decode(&raw);
+    }
+    let decoded: Vec<_> = std::thread::scope(|s| {
+        let running: Vec<_> = raw
+            .chunks(raw.len().div_ceil(parts))
+            .map(|part| s.spawn(move || decode(part)))
+            .collect();
+        running
+            .into_iter()
+            .map(|t| t.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    });
+    let mut entries = Vec::with_capacity(raw.len());
+    let mut undecodable = 0;
+    for (part, skipped) in decoded {
+        entries.extend(part);
+        undecodable += skipped;
     }
     (entries, undecodable)
 }

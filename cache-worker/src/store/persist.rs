@@ -98,6 +98,13 @@ pub(crate) async fn restore<W: CacheWorker>(inner: &Inner<W>) -> Option<StartKin
     Some(StartKind::Warm { restored, expired })
 }
 
+/// How many parts, each on a thread of its own, `n` entries from a store are decoded or
+/// inserted in: one per core, with at least 16 384 entries each.
+pub(crate) fn parts_for(n: usize) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (n / 16_384).clamp(1, cores)
+}
+
 /// Puts a snapshot's live entries in the bucket (before anyone reads) and goes on from its
 /// version; returns how many were restored and how many had expired.
 pub(crate) fn restore_snapshot<W: CacheWorker>(
@@ -106,15 +113,41 @@ pub(crate) fn restore_snapshot<W: CacheWorker>(
 ) -> (usize, usize) {
     let now = inner.clock.now_ms();
     let map = Map::with_capacity_and_hasher(snapshot.entries.len(), Hasher::default());
-    let mut expired = Vec::new();
-    for (key, stored) in snapshot.entries {
-        let entry = entry(stored);
-        if entry.expired(now) {
-            expired.push((key, entry.value));
-        } else {
-            map.insert(key, entry);
-        }
+    // A large snapshot fills the (concurrent) map from the cores there are.
+    let mut entries = snapshot.entries;
+    let parts = parts_for(entries.len());
+    let per_part = entries.len().div_ceil(parts);
+    let mut split = Vec::with_capacity(parts);
+    while entries.len() > per_part {
+        split.push(entries.split_off(entries.len() - per_part));
     }
+    split.push(entries);
+    let fill = |part: Vec<(Key<W>, Stored<Value<W>>)>| {
+        let mut expired = Vec::new();
+        for (key, stored) in part {
+            let entry = entry(stored);
+            if entry.expired(now) {
+                expired.push((key, entry.value));
+            } else {
+                map.insert(key, entry);
+            }
+        }
+        expired
+    };
+    let expired: Vec<_> = if split.len() == 1 {
+        split.into_iter().flat_map(fill).collect()
+    } else {
+        std::thread::scope(|s| {
+            let running: Vec<_> = split
+                .into_iter()
+                .map(|part| s.spawn(|| fill(part)))
+                .collect();
+            running
+                .into_iter()
+                .flat_map(|t| t.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect()
+        })
+    };
     let restored = map.len();
     let count = expired.len();
     inner.bucket.restore(map);
