@@ -408,6 +408,95 @@ fn scaling(rows: &mut Vec<Row>, rt: &tokio::runtime::Runtime, n: usize) {
 /// Takes one record to encode.
 type Push<'a> = dyn FnMut(&String, &Session) + 'a;
 
+/// A format-3 dump (the table in `src/codec.rs`) written by hand on one thread, the floor of
+/// the worker's dump write: records encoded into blocks of about 1 MiB, each checksummed and
+/// written as it fills, the header written last.
+struct Format3 {
+    file: std::fs::File,
+    /// The version and flags, which the checksum covers first.
+    fields: [u8; 12],
+    block: Vec<u8>,
+    in_block: u32,
+    count: u64,
+    body: u64,
+    crc: crc32fast::Hasher,
+}
+
+/// `sessions`, the bucket of the dumps section.
+const DUMP_HEADER: usize = 50 + "sessions".len();
+
+impl Format3 {
+    fn create(path: &std::path::Path, fields: [u8; 12]) -> Self {
+        let mut file = std::fs::File::create(path).unwrap();
+        file.write_all(&[0; DUMP_HEADER]).unwrap();
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&fields);
+        let mut block = Vec::with_capacity((1 << 20) + (64 << 10));
+        block.extend_from_slice(&[0; 8]);
+        Format3 {
+            file,
+            fields,
+            block,
+            in_block: 0,
+            count: 0,
+            body: 0,
+            crc,
+        }
+    }
+
+    fn push(&mut self, key: &String, value: &Session, loaded_at: u64, expires_at: u64) {
+        let start = self.block.len();
+        self.block.extend_from_slice(&[0; 24]);
+        let config = bincode::config::standard();
+        bincode::serde::encode_into_std_write(key, &mut self.block, config).unwrap();
+        let value_at = self.block.len();
+        bincode::serde::encode_into_std_write(value, &mut self.block, config).unwrap();
+        let (key_len, value_len) = (value_at - start - 24, self.block.len() - value_at);
+        let header = &mut self.block[start..start + 24];
+        header[..4].copy_from_slice(&(key_len as u32).to_le_bytes());
+        header[4..8].copy_from_slice(&(value_len as u32).to_le_bytes());
+        header[8..16].copy_from_slice(&loaded_at.to_le_bytes());
+        header[16..].copy_from_slice(&expires_at.to_le_bytes());
+        self.in_block += 1;
+        if self.block.len() >= 8 + (1 << 20) {
+            self.seal();
+        }
+    }
+
+    fn seal(&mut self) {
+        let len = (self.block.len() - 8) as u32;
+        self.block[..4].copy_from_slice(&len.to_le_bytes());
+        self.block[4..8].copy_from_slice(&self.in_block.to_le_bytes());
+        self.crc.update(&self.block);
+        self.file.write_all(&self.block).unwrap();
+        self.body += self.block.len() as u64;
+        self.count += u64::from(self.in_block);
+        self.block.truncate(8);
+        self.in_block = 0;
+    }
+
+    /// Writes the last block and the header, and fsyncs.
+    fn finish(mut self) {
+        if self.in_block > 0 {
+            self.seal();
+        }
+        let mut header = Vec::with_capacity(DUMP_HEADER);
+        header.extend_from_slice(b"CWDUMP\0\n");
+        header.extend_from_slice(&3u32.to_le_bytes());
+        header.extend_from_slice(&0u32.to_le_bytes());
+        header.extend_from_slice(&self.count.to_le_bytes());
+        header.extend_from_slice(&self.body.to_le_bytes());
+        header.extend_from_slice(&self.crc.finalize().to_le_bytes());
+        header.extend_from_slice(&self.fields);
+        header.extend_from_slice(&("sessions".len() as u16).to_le_bytes());
+        header.extend_from_slice(b"sessions");
+        use std::io::Seek as _;
+        self.file.seek(std::io::SeekFrom::Start(0)).unwrap();
+        self.file.write_all(&header).unwrap();
+        self.file.sync_all().unwrap();
+    }
+}
+
 fn dumps(rows: &mut Vec<Row>, rt: &tokio::runtime::Runtime, n: usize) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("sessions.dump");
@@ -443,30 +532,66 @@ fn dumps(rows: &mut Vec<Row>, rt: &tokio::runtime::Runtime, n: usize) {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64;
-    // Best of three: encode the records `each` hands out, write them through a buffer, fsync.
+    // The worker's version and flags, for the same header.
+    let mut fields = [0u8; 12];
+    {
+        use std::io::{Read as _, Seek as _};
+        let mut dump = std::fs::File::open(&path).unwrap();
+        dump.seek(std::io::SeekFrom::Start(36)).unwrap();
+        dump.read_exact(&mut fields).unwrap();
+    }
+    // Best of three: encode the records `each` hands out as a format-3 dump on one thread,
+    // checksum and write each block, write the header, fsync.
     let encode_write_fsync = |each: &dyn Fn(&mut Push<'_>)| {
         (0..3)
             .map(|_| {
                 let t = Instant::now();
-                let file = std::fs::File::create(&baseline_path).unwrap();
-                let mut out = std::io::BufWriter::with_capacity(1 << 16, &file);
-                each(&mut |k, v| {
-                    bincode::serde::encode_into_std_write(
-                        (k, v, loaded_at, u64::MAX),
-                        &mut out,
-                        bincode::config::standard(),
-                    )
-                    .unwrap();
-                });
-                out.flush().unwrap();
-                drop(out);
-                file.sync_all().unwrap();
+                let mut out = Format3::create(&baseline_path, fields);
+                each(&mut |k, v| out.push(k, v, loaded_at, u64::MAX));
+                out.finish();
                 t.elapsed()
             })
             .min()
             .unwrap()
     };
     let t_base = encode_write_fsync(&|push| values.iter().for_each(|(k, v)| push(k, v)));
+    if std::env::var_os("CW_EXP").is_some() {
+        let (mut d, mut b) = (Vec::new(), Vec::new());
+        for _ in 0..8 {
+            let t = Instant::now();
+            rt.block_on(w.dump()).unwrap();
+            d.push(t.elapsed().as_secs_f64() * 1e3);
+            let t = Instant::now();
+            let mut out = Format3::create(&baseline_path, fields);
+            values
+                .iter()
+                .for_each(|(k, v)| out.push(k, v, loaded_at, u64::MAX));
+            out.finish();
+            b.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        let min = |v: &[f64]| v.iter().cloned().fold(f64::INFINITY, f64::min);
+        eprintln!(
+            "EXP dump {:?}\nEXP base {:?}\nEXP min ratio {:.2}",
+            d.iter().map(|x| *x as u32).collect::<Vec<_>>(),
+            b.iter().map(|x| *x as u32).collect::<Vec<_>>(),
+            min(&d) / min(&b)
+        );
+        std::process::exit(0);
+    }
+    // The floor wrote a valid dump of the same records: the same keys and values, byte for byte
+    // in all (the records' order and the blocks' boundaries differ).
+    let now_ms = loaded_at + 3_600_000;
+    let ours = cache_worker::__codec::inspect(&path, now_ms).unwrap();
+    let floor = cache_worker::__codec::inspect(&baseline_path, now_ms).unwrap();
+    assert_eq!((floor.format, floor.entries), (3, n as u64));
+    let sizes = |i: &cache_worker::__codec::Inspection| {
+        let figures = i.figures.clone().unwrap();
+        (
+            figures.key_bytes.unwrap().total,
+            figures.value_bytes.unwrap().total,
+        )
+    };
+    assert_eq!(sizes(&ours), sizes(&floor));
     // The same encode, write and fsync, iterating a raw DashMap of the same entries instead of
     // a Vec: the floor for any design that keeps its entries in a hash map (hash order visits
     // the values' heap allocations at random, where the Vec is visited in allocation order).
@@ -552,18 +677,35 @@ fn dumps(rows: &mut Vec<Row>, rt: &tokio::runtime::Runtime, n: usize) {
         })
         .min()
         .unwrap();
+    // The floor reads the format-3 file it wrote whole and walks its blocks on one thread,
+    // without checking the checksum.
     let t_decode = (0..3)
         .map(|_| {
             let t = Instant::now();
             let bytes = std::fs::read(&baseline_path).unwrap();
             let map: DashMap<String, Arc<Session>> = DashMap::with_capacity(n);
-            let mut at = 0;
+            let u32_at =
+                |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+            let config = bincode::config::standard();
+            let mut at = DUMP_HEADER;
             while at < bytes.len() {
-                let ((k, v, _, _), used): ((String, Session, u64, u64), usize) =
-                    bincode::serde::decode_from_slice(&bytes[at..], bincode::config::standard())
-                        .unwrap();
-                at += used;
-                map.insert(k, Arc::new(v));
+                let records = u32_at(at + 4);
+                at += 8;
+                for _ in 0..records {
+                    let (key_len, value_len) = (u32_at(at), u32_at(at + 4));
+                    let key_at = at + 24;
+                    let value_at = key_at + key_len;
+                    let (k, _): (String, usize) =
+                        bincode::serde::decode_from_slice(&bytes[key_at..value_at], config)
+                            .unwrap();
+                    let (v, _): (Session, usize) = bincode::serde::decode_from_slice(
+                        &bytes[value_at..value_at + value_len],
+                        config,
+                    )
+                    .unwrap();
+                    at = value_at + value_len;
+                    map.insert(k, Arc::new(v));
+                }
             }
             let elapsed = t.elapsed();
             assert_eq!(map.len(), n);
@@ -719,65 +861,96 @@ fn refresh_cycle(rows: &mut Vec<Row>, rt: &tokio::runtime::Runtime, n: usize) {
     let (loads, delayed) = (loader.loads.clone(), loader.delayed_ns.clone());
     let w = started(rt, loader, |b| b.bucket("cycle").concurrency(concurrency));
     fill(&w, n);
-    let report = rt.block_on(w.refresh_all()).unwrap();
+    let raw: DashMap<String, Arc<Session>> =
+        (0..n).map(|i| (key(i), Arc::new(session(i)))).collect();
+    // Best of three rounds of each, interleaved: a single cycle on the shared vCPUs read
+    // anywhere from 1.05x to 1.28x the single bare loop measured after it.
+    let (mut cycle, mut bare, mut over_raw) = (Duration::MAX, Duration::MAX, Duration::MAX);
+    for _ in 0..3 {
+        cycle = cycle.min(rt.block_on(w.refresh_all()).unwrap().duration);
+        bare = bare.min(rt.block_on(bare_loads(n, concurrency)));
+        over_raw = over_raw.min(rt.block_on(raw_map_refresh(&raw, concurrency)));
+    }
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let vs_bare = cycle.as_secs_f64() / bare.as_secs_f64();
+    rows.push(Row {
+        target: "refresh cycle, 1 ms loader, vs the same loads on bare buffer_unordered",
+        ours: format!("{:.0} ms ({n} keys, c={concurrency})", ms(cycle)),
+        peer: format!("{:.0} ms", ms(bare)),
+        ratio: vs_bare,
+        goal: "≤ 1.1×",
+        met: vs_bare <= 1.1,
+    });
     // What one "1 ms" load really takes on this runtime: tokio's timer fires on the next
-    // millisecond tick after the deadline, so a 1 ms sleep lasts 1-2 ms.
+    // millisecond tick after the deadline, so a 1 ms sleep lasts 1-3 ms.
     let mean_load = Duration::from_nanos(
         delayed.load(Ordering::Relaxed) / loads.load(Ordering::Relaxed).max(1) as u64,
     );
-    let per_slot = |load: Duration| load.mul_f64(n as f64 / concurrency as f64);
-    let ideal = per_slot(Duration::from_millis(1));
-    let ideal_measured = per_slot(mean_load);
-    let ratio = report.duration.as_secs_f64() / ideal.as_secs_f64();
-    // The floor on this runtime: the same loads, just driven with `buffer_unordered(c)`.
-    let floor = rt.block_on(async {
-        use futures_util::StreamExt;
-        let loader = bench_worker(Duration::from_millis(1));
-        let t = Instant::now();
-        futures_util::stream::iter(0..n)
-            .map(|i| {
-                let loader = &loader;
-                async move { loader.load(&key(i)).await }
-            })
-            .buffer_unordered(concurrency)
-            .for_each(|_| async {})
-            .await;
-        t.elapsed()
-    });
-    rows.push(Row {
-        target: "refresh cycle, 1 ms loader, vs keys / concurrency × 1 ms",
-        ours: format!(
-            "{:.0} ms ({n} keys, c={concurrency})",
-            report.duration.as_secs_f64() * 1e3
-        ),
-        peer: format!("{:.0} ms ideal", ideal.as_secs_f64() * 1e3),
-        ratio,
-        goal: "≤ 1.2×",
-        met: ratio <= 1.2,
-    });
-    let vs_measured = report.duration.as_secs_f64() / ideal_measured.as_secs_f64();
+    let ideal = mean_load.mul_f64(n as f64 / concurrency as f64);
+    let vs_ideal = cycle.as_secs_f64() / ideal.as_secs_f64();
     rows.push(Row {
         target: "refresh cycle vs keys / concurrency × the loader's measured time (info)",
-        ours: format!("{:.0} ms", report.duration.as_secs_f64() * 1e3),
+        ours: format!("{:.0} ms", ms(cycle)),
         peer: format!(
             "{:.0} ms ({:.2} ms per \"1 ms\" load)",
-            ideal_measured.as_secs_f64() * 1e3,
+            ms(ideal),
             mean_load.as_secs_f64() * 1e3
         ),
-        ratio: vs_measured,
-        goal: "≤ 1.2×",
-        met: vs_measured <= 1.2,
+        ratio: vs_ideal,
+        goal: "(info)",
+        met: true,
     });
-    let vs_floor = report.duration.as_secs_f64() / floor.as_secs_f64();
+    let vs_raw = cycle.as_secs_f64() / over_raw.as_secs_f64();
     rows.push(Row {
-        target: "refresh cycle vs the same loads on bare buffer_unordered (info)",
-        ours: format!("{:.0} ms", report.duration.as_secs_f64() * 1e3),
-        peer: format!("{:.0} ms", floor.as_secs_f64() * 1e3),
-        ratio: vs_floor,
-        goal: "(overhead of the worker)",
+        target: "refresh cycle vs the same loads over a raw DashMap's keys, each value stored back (info)",
+        ours: format!("{:.0} ms", ms(cycle)),
+        peer: format!("{:.0} ms", ms(over_raw)),
+        ratio: vs_raw,
+        goal: "(what a map adds)",
         met: true,
     });
     rt.block_on(w.shutdown()).unwrap();
+}
+
+/// The loads of a refresh cycle of `n` keys and nothing else: a bare `buffer_unordered(c)`,
+/// each key made from its index, each value dropped.
+async fn bare_loads(n: usize, concurrency: usize) -> Duration {
+    use futures_util::StreamExt;
+    let loader = bench_worker(Duration::from_millis(1));
+    let t = Instant::now();
+    futures_util::stream::iter(0..n)
+        .map(|i| {
+            let loader = &loader;
+            async move { loader.load(&key(i)).await }
+        })
+        .buffer_unordered(concurrency)
+        .for_each(|_| async {})
+        .await;
+    t.elapsed()
+}
+
+/// The same loads, refreshing a raw map: its keys copied out, each loaded value stored in
+/// place of the old one.
+async fn raw_map_refresh(map: &DashMap<String, Arc<Session>>, concurrency: usize) -> Duration {
+    use futures_util::StreamExt;
+    let loader = bench_worker(Duration::from_millis(1));
+    let t = Instant::now();
+    let keys: Vec<String> = map.iter().map(|e| e.key().clone()).collect();
+    futures_util::stream::iter(keys)
+        .map(|k| {
+            let loader = &loader;
+            async move {
+                if let Ok(Some(value)) = loader.load(&k).await
+                    && let Some(mut slot) = map.get_mut(&k)
+                {
+                    *slot = Arc::new(value);
+                }
+            }
+        })
+        .buffer_unordered(concurrency)
+        .for_each(|_| async {})
+        .await;
+    t.elapsed()
 }
 
 /// Set to a dump file's path: the process only starts a worker warm from it and prints its
@@ -960,12 +1133,19 @@ const NOTES: &str = "
   two threads (each half of the shards into its own buffer, which takes a core from the
   readers while the dump is written), or keeping the values in one arena in insertion order
   (a different store).
-- **Refresh cycle vs `keys / c × 1 ms`**: tokio's timer fires on the first millisecond tick
-  after a deadline, so the \"1 ms\" loader sleeps 1-3 ms (the row after it gives the measured
-  mean). No tokio program meets `keys / c × 1 ms` with a 1 ms `sleep`. Against the measured
-  loader time and against the same loads on a bare `buffer_unordered(c)` the worker's cycle
-  has read 1.13-1.24× and 1.07-1.36× across runs on this machine (the spread is the shared
-  vCPUs): where the rest goes is measured and removed in issue #15.
+- **Refresh cycle vs the same loads on a bare `buffer_unordered(c)`**: 100k keys,
+  `concurrency(500)`, a loader that sleeps 1 ms, which tokio's timer turns into 1-3 ms (it
+  fires on the first millisecond tick after a deadline; the measured mean is in the row
+  against `keys / c ×` it), so no tokio program meets `keys / c × 1 ms`. The goal row drives the same loads with a bare `buffer_unordered(c)`,
+  keys made from their index and values dropped; the raw-map row reads the keys of a
+  `DashMap` holding the same entries and stores each value back, which is what any refresh
+  of a map adds to its loads. Best of three interleaved rounds each. The cycle copies the
+  keys out before its first load (with each key prefetched 8 entries ahead: 5-9 ms for 100k
+  string keys, 20-46 ms before), and per key takes a permit of the limiter, looks up the
+  entry's stamp, runs the load under its timeout, compares the value with the stored one and
+  stores it: 2.4-3.0 µs of CPU a key against the bare loop's 0.75-1.0, about half of it the
+  two lookups and the comparison missing the cache, which shows when the two shared vCPUs
+  are busy.
 - **A change with the version log on vs off**: each change of the log's default 10 000 kept
   goes into a ring of records; once it is full, a change reuses the oldest record, written
   10 000 changes before: its record, its key's buffer and the reference counts of the two values

@@ -9,7 +9,7 @@
 //! has removed it yet: reads skip it, and a write to its key reports the expiry first.
 
 use std::borrow::Borrow;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, Hash};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
@@ -17,11 +17,13 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry as MapEntry;
+use dashmap::mapref::multiple::RefMulti;
 use parking_lot::{Mutex, RwLock};
 
 use crate::bound::{Bound, Evicted, Meta};
 use crate::clock::Clock;
 use crate::events::RemovalCause;
+use crate::prefetch::prefetch_serialized;
 
 /// The hasher of the bucket: foldhash, seeded per process.
 ///
@@ -31,6 +33,9 @@ pub(crate) type Hasher = foldhash::fast::RandomState;
 
 /// `expires_at` of an entry that never expires.
 pub(crate) const NEVER: u64 = u64::MAX;
+
+/// How many entries ahead of the one it copies [`Bucket::keys`] prefetches a key.
+const KEYS_AHEAD: usize = 8;
 
 /// One value and when it was loaded (milliseconds since the Unix epoch, from the worker's clock).
 pub(crate) struct Entry<V> {
@@ -263,13 +268,33 @@ impl<K: Eq + Hash + Clone, V: PartialEq> Bucket<K, V> {
     }
 
     /// The keys of the entries that have not expired.
-    pub(crate) fn keys(&self) -> Vec<K> {
-        self.map
-            .load()
-            .iter()
-            .filter(|e| !self.expired_now(e.value()))
-            .map(|e| e.key().clone())
-            .collect()
+    ///
+    /// The map is visited in hash order, so every key's own buffer (a `String`'s bytes) is a
+    /// cache miss: each is prefetched [`KEYS_AHEAD`] entries before it is cloned. A refresh
+    /// cycle starts no load before this returns.
+    pub(crate) fn keys(&self) -> Vec<K>
+    where
+        K: serde::Serialize,
+    {
+        let map = self.map.load();
+        let mut keys = Vec::with_capacity(map.len());
+        let mut take = |e: &RefMulti<'_, K, Entry<V>>| {
+            if !self.expired_now(e.value()) {
+                keys.push(e.key().clone());
+            }
+        };
+        let mut ahead = VecDeque::with_capacity(KEYS_AHEAD + 1);
+        for e in map.iter() {
+            prefetch_serialized(e.key());
+            ahead.push_back(e);
+            if ahead.len() > KEYS_AHEAD
+                && let Some(e) = ahead.pop_front()
+            {
+                take(&e);
+            }
+        }
+        ahead.iter().for_each(take);
+        keys
     }
 
     /// Visits every entry in place, shard by shard, under each shard's read lock: `visit` must

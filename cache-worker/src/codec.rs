@@ -1,9 +1,11 @@
 //! The dump file format: the only module that knows the codec (bincode 2 through serde).
 //!
+//! Workers write format 3:
+//!
 //! ```text
 //! offset  size  field
 //! 0       8     magic "CWDUMP\0\n"
-//! 8       4     format version (u32 LE): 2
+//! 8       4     format version (u32 LE): 3
 //! 12      4     schema version (u32 LE): the user's version of the value type
 //! 16      8     entry count (u64 LE)
 //! 24      8     body length in bytes (u64 LE)
@@ -12,17 +14,46 @@
 //! 44      4     flags (u32 LE): bit 0 set if the records are the bucket at exactly that version
 //! 48      2     bucket name length (u16 LE)
 //! 50      n     bucket name (UTF-8)
-//! 50+n    ...   body: `count` records (key, value, loaded_at ms, expires_at ms), bincode standard
+//! 50+n    ...   body: blocks, one after another
+//!
+//! a block
+//! 0       4     length L of its records in bytes (u32 LE)
+//! 4       4     record count (u32 LE)
+//! 8       L     records, one after another
+//!
+//! a record
+//! 0       4     key length k in bytes (u32 LE)
+//! 4       4     value length v in bytes (u32 LE)
+//! 8       8     loaded_at: ms since the Unix epoch (u64 LE)
+//! 16      8     expires_at: ms since the Unix epoch, u64::MAX for never (u64 LE)
+//! 24      k     key, bincode standard (varint integers)
+//! 24+k    v     value, bincode standard
 //! ```
 //!
-//! Format 1, written before versions, is still read: it has no version and flags, its name
-//! length is at 36, its name at 38, and its checksum covers the body alone. It reads as a dump
-//! of no known version.
+//! The order of blocks and records means nothing: a worker encodes its map on several threads
+//! and writes each block as it is done (`dump.rs`). A writer seals a block once its records pass
+//! 1 MiB. Every record can be walked without knowing the key or value type, which is how
+//! [`inspect`](exposed::inspect) reads entry ages and sizes.
+//!
+//! Older formats are still read. Format 2 has the same header; its body is `count` records one
+//! after another, each the bincode encoding of (key, value, loaded_at ms, expires_at ms), with
+//! nothing to tell where one ends but decoding it. Format 1, written before versions, has format
+//! 2's body and no version and flags: its name length is at 36, its name at 38, and its checksum
+//! covers the body alone. It reads as a dump of no known version.
 //!
 //! The body is checked whole (length, then checksum in a first streaming pass) before anything
 //! is decoded, so a torn or damaged file is refused before a single value could be served, and
-//! a damaged length inside a record cannot make the decoder allocate. The second pass decodes
-//! from a fixed-size window, never holding the whole file in memory.
+//! a damaged length cannot make the decoder allocate: in format 3 each block's and record's
+//! length is checked against the bytes left around it before a byte is read for it, and the
+//! bincode inside a key or value is decoded under a limit in proportion to its length, as each
+//! record of formats 1 and 2 is. The second pass decodes from a fixed-size window, never holding
+//! the whole file in memory.
+
+mod block;
+mod inspect;
+#[cfg(test)]
+mod tests;
+mod window;
 
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::sync::Arc;
@@ -30,21 +61,26 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub(crate) use block::{Block, Sealed};
+use window::Window;
+
 use crate::bucket::Entry;
 
 const MAGIC: [u8; 8] = *b"CWDUMP\0\n";
-const FORMAT_VERSION: u32 = 2;
+/// The format written.
+const FORMAT_VERSION: u32 = 3;
 /// The header fields up to the checksum, the same in every format.
 const COMMON_HEADER: usize = 36;
-/// The version and flags of format 2, under the checksum.
+/// The version and flags of formats 2 and 3, under the checksum.
 const VERSION_FIELDS: usize = 12;
 const EXACT: u32 = 1;
 /// No single record may claim more than this when decoded (bounds allocations from a lying file).
 const RECORD_LIMIT: usize = 1 << 30;
-/// A dump's (unchecked) count presizes the collection for at most one record per this many
-/// bytes of body. An honest record takes at least 20: its two times are milliseconds since 1970
-/// (past `u32::MAX`, so 9 bytes each as varints) besides its key and value; a session-like one
-/// takes about 70.
+/// A format-1 or -2 dump's (unchecked) count presizes the collection for at most one record
+/// per this many bytes of body. An honest record takes at least 20: its two times are
+/// milliseconds since 1970 (past `u32::MAX`, so 9 bytes each as varints) besides its key and
+/// value; a session-like one takes about 70. (A format-3 record takes at least its 24-byte
+/// header.)
 const PRESIZE_BYTES_PER_RECORD: u64 = 16;
 /// The window the body is read through (grown only for a record larger than it).
 const WINDOW: usize = 1 << 20;
@@ -117,13 +153,15 @@ impl DumpVersion {
 }
 
 pub(crate) struct Header {
+    /// The format version: 1, 2 or 3.
+    format: u32,
     pub(crate) schema: u32,
     pub(crate) bucket: String,
     pub(crate) count: u64,
     pub(crate) version: DumpVersion,
     body_len: u64,
     checksum: u32,
-    /// Format 2's version fields as read, which the checksum covers; `None` in format 1.
+    /// The version fields as read, which the checksum covers; `None` in format 1.
     checked_fields: Option<[u8; VERSION_FIELDS]>,
 }
 
@@ -157,7 +195,7 @@ impl Header {
         let mut len = COMMON_HEADER;
         let (version, checked_fields) = match format {
             1 => (DumpVersion::default(), None),
-            2 => {
+            2 | 3 => {
                 let mut fields = [0u8; VERSION_FIELDS];
                 read_exact_or(input, &mut fields, "shorter than a dump header")?;
                 len += VERSION_FIELDS;
@@ -172,7 +210,7 @@ impl Header {
             }
             _ => {
                 return Err(corrupt(format!(
-                    "dump format version {format}, this build reads 1 and {FORMAT_VERSION}"
+                    "dump format version {format}, this build reads formats 1 to {FORMAT_VERSION}"
                 )));
             }
         };
@@ -184,6 +222,7 @@ impl Header {
         read_exact_or(input, &mut name, "truncated in the header")?;
         let bucket = String::from_utf8(name).map_err(|_| corrupt("bucket name is not UTF-8"))?;
         let header = Header {
+            format,
             schema: u32_at(12),
             bucket,
             count: u64_at(16),
@@ -193,6 +232,55 @@ impl Header {
             checked_fields,
         };
         Ok((header, len + name_len))
+    }
+
+    /// Reads the header of the dump that `input` holds from its start, `len` bytes in all (a
+    /// file's length), and checks that the body is as long as the header says; returns the
+    /// header and where the body starts.
+    fn open(input: &mut impl Read, len: u64) -> Result<(Header, u64), ReadError> {
+        let (header, start) = Header::read(input)?;
+        let body_len = len.saturating_sub(start as u64);
+        if body_len != header.body_len {
+            return Err(corrupt(format!(
+                "body is {body_len} bytes, the header says {} (a torn write?)",
+                header.body_len
+            )));
+        }
+        Ok((header, start as u64))
+    }
+
+    /// Reads the body from `input` (just after the header) through `window` and checks it
+    /// against the checksum, which also covers the version fields.
+    fn verify(&self, input: &mut impl Read, window: &mut [u8]) -> Result<(), ReadError> {
+        let mut hasher = crc32fast::Hasher::new();
+        if let Some(fields) = &self.checked_fields {
+            hasher.update(fields);
+        }
+        let mut left = self.body_len;
+        while left > 0 {
+            let want = window
+                .len()
+                .min(usize::try_from(left).unwrap_or(usize::MAX));
+            read_exact_or(input, &mut window[..want], "shorter than its header says")?;
+            hasher.update(&window[..want]);
+            left -= want as u64;
+        }
+        if hasher.finalize() != self.checksum {
+            return Err(corrupt("checksum mismatch"));
+        }
+        Ok(())
+    }
+
+    /// How many records to presize a collection for: the count, which is not under the
+    /// checksum, but never more than the body could hold, so a lying count reserves a small
+    /// multiple of the file's size at most; dumps of smaller records grow the collection as
+    /// they decode.
+    fn presize(&self) -> usize {
+        let smallest = match self.format {
+            3 => block::RECORD_HEADER as u64,
+            _ => PRESIZE_BYTES_PER_RECORD,
+        };
+        self.count.min(self.body_len / smallest) as usize
     }
 }
 
@@ -204,34 +292,24 @@ fn read_exact_or(input: &mut impl Read, buf: &mut [u8], why: &str) -> Result<(),
     })
 }
 
-/// A writer that checksums and counts what passes through it.
-struct Summing<W> {
-    inner: W,
-    hasher: crc32fast::Hasher,
-    written: u64,
-}
-
-impl<W: Write> Write for Summing<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.written += n as u64;
-        Ok(n)
+/// Appends the encoding of `value` to `out`; returns how many bytes it took. On an error,
+/// `out` may hold part of it.
+fn encode_into<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) -> io::Result<usize> {
+    struct Appending<'a>(&'a mut Vec<u8>);
+    impl bincode::enc::write::Writer for Appending<'_> {
+        #[inline]
+        fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
+            self.0.extend_from_slice(bytes);
+            Ok(())
+        }
     }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
+    let before = out.len();
+    bincode::serde::encode_into_writer(value, Appending(out), encode_config())
+        .map_err(io::Error::other)?;
+    Ok(out.len() - before)
 }
 
-#[derive(Serialize)]
-struct RecordRef<'a, K, V> {
-    key: &'a K,
-    value: &'a V,
-    loaded_at: u64,
-    expires_at: u64,
-}
-
+/// One record of formats 1 and 2 as decoded.
 #[derive(serde::Deserialize)]
 struct Record<K, V> {
     key: K,
@@ -240,9 +318,18 @@ struct Record<K, V> {
     expires_at: u64,
 }
 
-/// The records of a dump being written: [`write`] hands one to its `fill` callback.
+/// The records of a dump being written: [`write`] hands one to its `fill` callback, which
+/// either pushes records one at a time (they are buffered into blocks) or appends blocks that
+/// it sealed itself, on other threads.
 pub(crate) struct Records<W: Write> {
-    body: io::BufWriter<Summing<W>>,
+    out: W,
+    /// The block that `push` fills.
+    block: Block,
+    /// The buffer of the last block written, for the next one.
+    spare: Vec<u8>,
+    /// The CRC-32 of the blocks written so far.
+    body: crc32fast::Hasher,
+    written: u64,
     count: u64,
     version: DumpVersion,
 }
@@ -260,27 +347,27 @@ impl<W: Write> Records<W> {
         key: &K,
         entry: &Entry<V>,
     ) -> io::Result<()> {
-        let record = RecordRef {
-            key,
-            value: &*entry.value,
-            loaded_at: entry.loaded_at,
-            expires_at: entry.expires_at,
-        };
-        bincode::serde::encode_into_std_write(&record, &mut self.body, encode_config()).map_err(
-            |e| match e {
-                // The disk's own error (ENOSPC, EFBIG, EIO...), kind and all.
-                bincode::error::EncodeError::Io { inner, .. } => inner,
-                other => io::Error::other(other),
-            },
-        )?;
-        self.count += 1;
+        self.block.push(key, entry)?;
+        if self.block.is_full() {
+            let sealed = self.block.seal(std::mem::take(&mut self.spare));
+            self.spare = self.append(sealed)?;
+        }
         Ok(())
+    }
+
+    /// Writes a block of records; returns its buffer, for another block.
+    pub(crate) fn append(&mut self, block: Sealed) -> io::Result<Vec<u8>> {
+        self.out.write_all(block.bytes())?;
+        self.body.combine(block.crc());
+        self.written += block.bytes().len() as u64;
+        self.count += block.count();
+        Ok(block.into_buffer())
     }
 }
 
-/// Writes a whole dump to `out`: a provisional header, then the records that `fill` pushes,
-/// streamed through a checksumming buffer, then the header again with the real count, length
-/// and checksum. Nothing is copied: `fill` can encode straight from a live map.
+/// Writes a whole dump to `out`: a provisional header, then the records that `fill` pushes or
+/// appends, block by block, then the header again with the real count, length and checksum.
+/// Nothing is copied but into the blocks: `fill` can encode straight from a live map.
 pub(crate) fn write<W: Write + Seek>(
     mut out: W,
     bucket: &str,
@@ -291,6 +378,7 @@ pub(crate) fn write<W: Write + Seek>(
         return Err(io::Error::other("bucket name longer than 65535 bytes"));
     }
     let mut header = Header {
+        format: FORMAT_VERSION,
         schema,
         bucket: bucket.to_owned(),
         count: 0,
@@ -300,37 +388,35 @@ pub(crate) fn write<W: Write + Seek>(
         checked_fields: None,
     };
     out.write_all(&header.encode())?;
-    // Buffer before checksumming, so the CRC runs over large blocks, not per field.
     let mut records = Records {
-        body: io::BufWriter::with_capacity(
-            1 << 16,
-            Summing {
-                inner: out,
-                hasher: crc32fast::Hasher::new(),
-                written: 0,
-            },
-        ),
+        out,
+        block: Block::new(),
+        spare: Vec::new(),
+        body: crc32fast::Hasher::new(),
+        written: 0,
         count: 0,
         version: DumpVersion::default(),
     };
     fill(&mut records)?;
+    if !records.block.is_empty() {
+        let last = records.block.seal(Vec::new());
+        records.append(last)?;
+    }
     let Records {
+        mut out,
         body,
+        written,
         count,
         version,
+        ..
     } = records;
     header.count = count;
     header.version = version;
-    let Summing {
-        inner: mut out,
-        hasher: body_sum,
-        written,
-    } = body.into_inner().map_err(|e| e.into_error())?;
     header.body_len = written;
     // The version fields come before the body under the checksum, but are known only now.
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(&version.fields());
-    hasher.combine(&body_sum);
+    hasher.combine(&body);
     header.checksum = hasher.finalize();
     out.seek(SeekFrom::Start(0))?;
     out.write_all(&header.encode())?;
@@ -362,8 +448,7 @@ pub(crate) fn read<K: DeserializeOwned, V: DeserializeOwned>(
 
 /// Decodes the dump of `bucket` / `schema` that `input` holds from its start, `len` bytes in
 /// all (a file's length), into the collection that `make` creates for the number of records to
-/// expect (never more than the body's length in bytes) and the dump's version, one `push` a
-/// record.
+/// expect (never more than the body could hold) and the dump's version, one `push` a record.
 ///
 /// Two streaming passes: the first checks the body's length and checksum, the second decodes
 /// through a window of [`WINDOW`] bytes. A record that fails to decode fails the whole read,
@@ -381,62 +466,85 @@ where
     K: DeserializeOwned,
     V: DeserializeOwned,
 {
-    let (header, start) = Header::read(input)?;
-    let body_len = len.saturating_sub(start as u64);
-    if body_len != header.body_len {
-        return Err(corrupt(format!(
-            "body is {body_len} bytes, the header says {} (a torn write?)",
-            header.body_len
-        )));
-    }
+    let (header, start) = Header::open(input, len)?;
     if header.bucket != bucket || header.schema != schema {
         return Err(ReadError::Decode(DecodeError::Foreign {
             bucket: header.bucket,
             schema: header.schema,
         }));
     }
-
     // Pass 1: the checksum, over the version fields and the exact body.
-    let mut window = vec![0u8; WINDOW];
-    let mut hasher = crc32fast::Hasher::new();
-    if let Some(fields) = &header.checked_fields {
-        hasher.update(fields);
-    }
-    let mut left = body_len;
-    while left > 0 {
-        let want = window
-            .len()
-            .min(usize::try_from(left).unwrap_or(usize::MAX));
-        read_exact_or(input, &mut window[..want], "shorter than its header says")?;
-        hasher.update(&window[..want]);
-        left -= want as u64;
-    }
-    if hasher.finalize() != header.checksum {
-        return Err(corrupt("checksum mismatch"));
-    }
+    let mut buffer = vec![0u8; WINDOW];
+    header.verify(input, &mut buffer)?;
 
     // Pass 2: decode, record by record, through the window.
-    input.seek(SeekFrom::Start(start as u64))?;
-    let mut input = input.take(body_len);
-    // The count is not under the checksum: presize for at most one record per
-    // PRESIZE_BYTES_PER_RECORD bytes of body, so a lying count reserves a small multiple of the
-    // file's size at most; dumps of smaller records grow the collection as they decode.
-    let mut out = make(
-        header.count.min(body_len / PRESIZE_BYTES_PER_RECORD) as usize,
-        header.version,
-    );
+    input.seek(SeekFrom::Start(start))?;
+    let mut window = Window::new(input.take(header.body_len), buffer);
+    let mut out = make(header.presize(), header.version);
+    let mut push = |k, e| push(&mut out, k, e);
+    match header.format {
+        3 => decode_blocks(&mut window, &header, &mut push)?,
+        _ => decode_stream(&mut window, &header, &mut push)?,
+    }
+    Ok(out)
+}
+
+/// Decodes the blocks of a format-3 body: each key and value from exactly the bytes its record
+/// gives it.
+fn decode_blocks<R, K, V>(
+    window: &mut Window<R>,
+    header: &Header,
+    push: &mut impl FnMut(K, Entry<V>),
+) -> Result<(), ReadError>
+where
+    R: Read,
+    K: DeserializeOwned,
+    V: DeserializeOwned,
+{
+    let count = header.count;
+    let fails = |i: u64, what: &str, why: String| {
+        corrupt(format!(
+            "the {what} of record {i} of {count} does not decode: {why}; {TYPE_CHANGED}"
+        ))
+    };
+    block::walk(window, header.body_len, count, |i, record| {
+        let key = decode_exact::<K>(record.key).map_err(|why| fails(i, "key", why))?;
+        let value = decode_exact::<V>(record.value).map_err(|why| fails(i, "value", why))?;
+        push(
+            key,
+            Entry {
+                value: Arc::new(value),
+                loaded_at: record.loaded_at,
+                expires_at: record.expires_at,
+                stamp: 0,
+                meta: crate::bound::Meta::new(),
+            },
+        );
+        Ok(())
+    })
+}
+
+/// Decodes the records of a format-1 or -2 body, each where the last one ended.
+fn decode_stream<R, K, V>(
+    window: &mut Window<R>,
+    header: &Header,
+    push: &mut impl FnMut(K, Entry<V>),
+) -> Result<(), ReadError>
+where
+    R: Read,
+    K: DeserializeOwned,
+    V: DeserializeOwned,
+{
     let mut decoded = 0u64;
-    let (mut at, mut filled) = (0usize, 0usize);
-    let mut exhausted = false;
     let mut i = 0;
     while i < header.count {
-        match decode_record::<K, V>(&window[at..filled], body_len - decoded) {
+        let attempt = decode_limited::<Record<K, V>>(window.bytes(), header.body_len - decoded);
+        match attempt {
             Ok((record, used)) => {
-                at += used;
+                window.consume(used);
                 decoded += used as u64;
                 i += 1;
                 push(
-                    &mut out,
                     record.key,
                     Entry {
                         value: Arc::new(record.value),
@@ -447,19 +555,9 @@ where
                     },
                 );
             }
-            Err(bincode::error::DecodeError::UnexpectedEnd { .. }) if !exhausted => {
-                // The record runs past the window: move what is left to the front, grow the
-                // window if one record fills it, and read on.
-                window.copy_within(at..filled, 0);
-                filled -= at;
-                at = 0;
-                if filled == window.len() {
-                    window.resize(window.len() * 2, 0);
-                }
-                let n = read_some(&mut input, &mut window[filled..])?;
-                filled += n;
-                exhausted = n == 0;
-            }
+            // The record runs past the window: read on (growing the window if one record
+            // fills it).
+            Err(bincode::error::DecodeError::UnexpectedEnd { .. }) if window.more()? => {}
             Err(e) => {
                 return Err(corrupt(format!(
                     "record {i} of {} does not decode: {e}; {TYPE_CHANGED}",
@@ -468,26 +566,36 @@ where
             }
         }
     }
-    let trailing = (filled - at) as u64 + io::copy(&mut input, &mut io::sink())?;
+    let trailing = window.rest()?;
     if trailing != 0 {
         return Err(corrupt(format!(
             "{trailing} bytes after the last of {} records; {TYPE_CHANGED}",
             header.count
         )));
     }
-    Ok(out)
+    Ok(())
 }
 
-/// Decodes one record from the front of `slice`; `left` is how many bytes of the body are not
-/// decoded yet. bincode claims each integer's in-memory size and each string's length against
-/// its limit, so an honest record never claims more than 16 bytes per byte it takes (a u128 in
-/// one varint byte): the limit is the first step at or above 16 × `left`. A lying length prefix
+/// Decodes one `T` from all of `bytes` (a key or a value of a format-3 record).
+fn decode_exact<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    match decode_limited::<T>(bytes, bytes.len() as u64) {
+        Ok((value, used)) if used == bytes.len() => Ok(value),
+        Ok((_, used)) => Err(format!("it takes {used} of its {} bytes", bytes.len())),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Decodes one `T` from the front of `slice`; `left` is how many bytes of what holds it are not
+/// decoded yet (the rest of a format-1 or -2 body, or the key or value of a format-3 record).
+/// bincode claims each integer's in-memory size and each string's length against its limit,
+/// so an honest encoding never claims more than 16 bytes per byte it takes (a u128 in one
+/// varint byte): the limit is the first step at or above 16 × `left`. A lying length prefix
 /// then cannot make bincode allocate more than that (with the fixed limit: up to 1 GiB from a
 /// file of any size).
-fn decode_record<K: DeserializeOwned, V: DeserializeOwned>(
+fn decode_limited<T: DeserializeOwned>(
     slice: &[u8],
     left: u64,
-) -> Result<(Record<K, V>, usize), bincode::error::DecodeError> {
+) -> Result<(T, usize), bincode::error::DecodeError> {
     fn limited<T: DeserializeOwned, const N: usize>(
         slice: &[u8],
     ) -> Result<(T, usize), bincode::error::DecodeError> {
@@ -499,245 +607,6 @@ fn decode_record<K: DeserializeOwned, V: DeserializeOwned>(
         0x10_0000..=0xFF_FFFF => limited::<_, { 1 << 24 }>(slice),
         0x100_0000..=0xFFF_FFFF => limited::<_, { 1 << 28 }>(slice),
         _ => limited::<_, RECORD_LIMIT>(slice),
-    }
-}
-
-/// One `read`, retried when interrupted.
-fn read_some(input: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    loop {
-        match input.read(buf) {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            other => return other,
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    type Entries = Vec<(String, Entry<Vec<u64>>)>;
-
-    fn entries(n: u64) -> Entries {
-        (0..n)
-            .map(|i| {
-                (
-                    format!("k{i}"),
-                    Entry {
-                        value: Arc::new(vec![i; (i % 5) as usize]),
-                        loaded_at: 1000 + i,
-                        expires_at: crate::bucket::NEVER,
-                        stamp: 0,
-                        meta: crate::bound::Meta::new(),
-                    },
-                )
-            })
-            .collect()
-    }
-
-    fn encode(n: u64) -> Vec<u8> {
-        encode_at(n, None)
-    }
-
-    /// A dump of `n` entries, at `version` if set (as the dump writer sets it, once the records
-    /// are pushed).
-    fn encode_at(n: u64, version: Option<DumpVersion>) -> Vec<u8> {
-        let mut buf = io::Cursor::new(Vec::new());
-        write(&mut buf, "b", 3, |records| {
-            entries(n)
-                .iter()
-                .try_for_each(|(k, e)| records.push(k, e))?;
-            if let Some(version) = version {
-                records.set_version(version);
-            }
-            Ok(())
-        })
-        .expect("encode");
-        buf.into_inner()
-    }
-
-    /// Reads a dump of "b" / 3 as a warm start does; returns the version `make` was given and
-    /// the records.
-    fn read_versioned(bytes: &[u8]) -> Result<(DumpVersion, Entries), ReadError> {
-        read_into(
-            &mut io::Cursor::new(bytes),
-            bytes.len() as u64,
-            "b",
-            3,
-            |count, version| (version, Vec::with_capacity(count)),
-            |(_, entries), k, e| entries.push((k, e)),
-        )
-    }
-
-    fn assert_same_entries(got: &Entries, want: &Entries) {
-        assert_eq!(got.len(), want.len());
-        for ((k1, e1), (k2, e2)) in want.iter().zip(got) {
-            assert_eq!(k1, k2);
-            assert_eq!(e1.value, e2.value);
-            assert_eq!(e1.loaded_at, e2.loaded_at);
-            assert_eq!(e1.expires_at, e2.expires_at);
-        }
-    }
-
-    fn corrupt_reason<T>(read: Result<T, ReadError>) -> String {
-        match read {
-            Err(ReadError::Decode(DecodeError::Corrupt(why))) => why,
-            Err(other) => panic!("expected Corrupt, got {other:?}"),
-            Ok(_) => panic!("expected Corrupt, got a decoded dump"),
-        }
-    }
-
-    #[test]
-    fn round_trip_keeps_values_and_times() {
-        let bytes = encode(100);
-        let back: Entries = read(&bytes, "b", 3).expect("decode");
-        assert_same_entries(&back, &entries(100));
-    }
-
-    #[test]
-    fn the_version_and_exact_flag_round_trip() {
-        for version in [
-            DumpVersion {
-                version: 123,
-                exact: true,
-            },
-            DumpVersion {
-                version: 124,
-                exact: false,
-            },
-            DumpVersion {
-                version: u64::MAX,
-                exact: true,
-            },
-        ] {
-            let bytes = encode_at(7, Some(version));
-            let (read, back) = read_versioned(&bytes).expect("decode");
-            assert_eq!(read, version);
-            assert_same_entries(&back, &entries(7));
-        }
-        // A writer that never sets it writes version 0, not exact.
-        let (read, _) = read_versioned(&encode(2)).expect("decode");
-        assert_eq!(read, DumpVersion::default());
-    }
-
-    /// The dump of `n` entries as format 1 laid it out, built by hand: the 36 bytes every format
-    /// shares (format 1 at 8, the checksum over the body alone), the name length at 36, the name
-    /// at 38, then the body (the records encode as they did).
-    fn format_1(n: u64) -> Vec<u8> {
-        let two = encode_at(
-            n,
-            Some(DumpVersion {
-                version: 9,
-                exact: true,
-            }),
-        );
-        let (_, start) = Header::read(&mut &two[..]).expect("header");
-        let body = &two[start..];
-        let mut out = Vec::new();
-        out.extend_from_slice(b"CWDUMP\0\n");
-        out.extend_from_slice(&1u32.to_le_bytes());
-        out.extend_from_slice(&3u32.to_le_bytes());
-        out.extend_from_slice(&n.to_le_bytes());
-        out.extend_from_slice(&(body.len() as u64).to_le_bytes());
-        out.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
-        out.extend_from_slice(&1u16.to_le_bytes());
-        out.extend_from_slice(b"b");
-        out.extend_from_slice(body);
-        assert_eq!(out.len(), 38 + 1 + body.len());
-        out
-    }
-
-    #[test]
-    fn a_format_1_dump_reads_as_of_no_known_version() {
-        for n in [0, 1, 20] {
-            let (read, back) = read_versioned(&format_1(n)).expect("a format-1 dump decodes");
-            assert_eq!(read, DumpVersion::default(), "{n} entries");
-            assert_same_entries(&back, &entries(n));
-        }
-        // Damaged, it is refused as before.
-        let mut bad = format_1(3);
-        let last = bad.len() - 1;
-        bad[last] ^= 1;
-        assert_eq!(corrupt_reason(read_versioned(&bad)), "checksum mismatch");
-    }
-
-    #[test]
-    fn every_bit_flip_in_the_version_and_flags_is_refused() {
-        let bytes = encode_at(
-            5,
-            Some(DumpVersion {
-                version: 123,
-                exact: true,
-            }),
-        );
-        for bit in COMMON_HEADER * 8..(COMMON_HEADER + VERSION_FIELDS) * 8 {
-            let mut bad = bytes.clone();
-            bad[bit / 8] ^= 1 << (bit % 8);
-            assert_eq!(
-                corrupt_reason(read_versioned(&bad)),
-                "checksum mismatch",
-                "bit {} of byte {}",
-                bit % 8,
-                bit / 8
-            );
-        }
-    }
-
-    #[test]
-    fn another_format_is_refused_naming_the_formats_read() {
-        for format in [0u32, 3, u32::MAX] {
-            let mut bytes = encode(2);
-            bytes[8..12].copy_from_slice(&format.to_le_bytes());
-            let why = corrupt_reason(read_versioned(&bytes));
-            assert!(
-                why.contains(&format!("format version {format}")) && why.contains("reads 1 and 2"),
-                "{why}"
-            );
-        }
-    }
-
-    #[test]
-    fn every_truncation_is_refused() {
-        let bytes = encode(20);
-        for len in 0..bytes.len() {
-            let r = read::<String, Vec<u64>>(&bytes[..len], "b", 3);
-            assert!(matches!(r, Err(DecodeError::Corrupt(_))), "len {len}");
-        }
-    }
-
-    #[test]
-    fn every_bit_flip_in_the_body_is_refused() {
-        let bytes = encode(20);
-        let (_, start) = Header::read(&mut &bytes[..]).expect("header");
-        for at in start..bytes.len() {
-            let mut bad = bytes.clone();
-            bad[at] ^= 0x10;
-            assert!(read::<String, Vec<u64>>(&bad, "b", 3).is_err(), "byte {at}");
-        }
-    }
-
-    #[test]
-    fn other_bucket_or_schema_is_foreign() {
-        let bytes = encode(3);
-        assert!(matches!(
-            read::<String, Vec<u64>>(&bytes, "other", 3),
-            Err(DecodeError::Foreign { ref bucket, schema: 3 }) if bucket == "b"
-        ));
-        assert!(matches!(
-            read::<String, Vec<u64>>(&bytes, "b", 4),
-            Err(DecodeError::Foreign { schema: 3, .. })
-        ));
-    }
-
-    #[test]
-    fn a_lying_count_is_refused_without_a_huge_allocation() {
-        let mut bytes = encode(3);
-        bytes[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
-        // The header is not covered by the checksum; the count is checked against the records.
-        assert!(matches!(
-            read::<String, Vec<u64>>(&bytes, "b", 3),
-            Err(DecodeError::Corrupt(_))
-        ));
     }
 }
 
@@ -758,8 +627,8 @@ pub(crate) fn decode_key<K: DeserializeOwned>(bytes: &[u8]) -> Option<K> {
 }
 
 /// The bytes of one entry in a shared store: the schema version (u32, little-endian), then
-/// the value, its load time and its expiry as in dumps. An entry of another schema does not
-/// decode.
+/// the value, its load time and its expiry as in format-2 dumps. An entry of another schema
+/// does not decode.
 #[cfg(feature = "redis")]
 pub(crate) fn encode_entry<V: Serialize>(
     schema: u32,
@@ -791,19 +660,21 @@ pub(crate) fn decode_entry<V: DeserializeOwned>(schema: u32, bytes: &[u8]) -> Op
     }
 }
 
-/// The codec on its own, for the fuzz target and the hostile-dump tests (`__codec` at the crate
-/// root). Not a public API.
+/// The codec on its own, for the fuzz target, the hostile-dump tests and the
+/// `cache-worker-dump` tool (`__codec` at the crate root). Not a public API.
 pub mod exposed {
     use serde::Serialize;
     use serde::de::DeserializeOwned;
 
     pub use super::DecodeError;
+    pub use super::inspect::{Figures, InspectError, Inspection, Spread, inspect};
     use crate::bucket::Entry;
 
     /// One record as stored: key, value, `loaded_at` and `expires_at` (ms since the epoch).
     pub type Record<K, V> = (K, V, u64, u64);
 
-    /// Encodes a dump of `records` as a worker writes it.
+    /// Encodes a dump of `records` as a worker writes it (format 3; the records in their order,
+    /// in blocks of about 1 MiB).
     ///
     /// # Errors
     ///

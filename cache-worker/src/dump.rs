@@ -1,27 +1,29 @@
 //! Dump files on disk: atomic writes off the read path, and the warm start.
 
-use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::mpsc::SyncSender;
 use std::time::Instant;
 
+use parking_lot::Mutex;
 use serde::Serialize;
 
 use crate::CacheWorker;
 use crate::Error;
 use crate::bucket::{Entry, Hasher, Map};
-use crate::codec::{self, DecodeError, DumpVersion, ReadError};
+use crate::codec::{self, Block, DecodeError, DumpVersion, ReadError, Sealed};
 use crate::inner::{Inner, Key, Value};
 use crate::prefetch::{prefetch, prefetch_serialized};
 use crate::start::{ColdStart, StartKind};
 use crate::stats::bump;
 
-/// Writes the bucket to its dump file now. Readers never wait: the records are encoded on a
-/// blocking thread straight from the map, one shard at a time under that shard's read lock
-/// (readers share it; only a writer to that shard waits), with nothing copied out.
+/// Writes the bucket to its dump file now. Readers never wait: the records are encoded straight
+/// from the map, on as many threads as the machine has cores, each entry while its shard's read
+/// lock is held (readers share it; only a writer to that shard waits), with nothing copied out
+/// but into the blocks being written (see [`write_file`]).
 pub(crate) async fn write<W: CacheWorker>(inner: &Arc<Inner<W>>) -> Result<(), Error> {
     let Some(path) = inner.settings.file.clone() else {
         return Ok(());
@@ -82,6 +84,13 @@ pub(crate) async fn write<W: CacheWorker>(inner: &Arc<Inner<W>>) -> Result<(), E
 /// Temp file in the same directory, fsync, rename over the dump, fsync the directory: a crash
 /// at any moment leaves the previous dump or the new one, never a mix. Returns the number of
 /// records written.
+///
+/// The records are encoded on `available_parallelism` scoped threads that share one iterator
+/// over the map: each takes [`ENCODE_BATCH`] entries from it at a time and encodes them into
+/// its own block, and hands each block it fills (about 1 MiB, checksummed on that thread) over
+/// a rendezvous channel to this thread, which writes blocks in the order they come (the order of
+/// records in a dump means nothing) and combines their checksums. Memory: at most two blocks a
+/// thread, and one being written.
 fn write_file<K, V>(
     path: &Path,
     bucket: &str,
@@ -90,39 +99,148 @@ fn write_file<K, V>(
     version_now: impl FnOnce() -> DumpVersion,
 ) -> io::Result<u64>
 where
-    K: Serialize + Eq + std::hash::Hash,
-    V: Serialize,
+    K: Serialize + Eq + std::hash::Hash + Send + Sync,
+    V: Serialize + Send + Sync,
 {
     replace_file(path, bucket, schema, |records| {
-        let mut count = 0;
-        // The map is visited in hash order, so every value is a cache miss, and so is
-        // every string in it: prefetch each value's allocation LOOKAHEAD entries ahead of
-        // the one being encoded, and halfway there walk it for its strings (see
-        // `prefetch`). The entries held meanwhile keep their shards' read locks a little
-        // longer, which readers share.
-        let mut ahead = VecDeque::with_capacity(LOOKAHEAD + 1);
-        for e in map.iter() {
-            prefetch(&*e.value().value);
-            ahead.push_back(e);
-            if let Some(half) = ahead.len().checked_sub(LOOKAHEAD / 2 + 1) {
-                let e = &ahead[half];
-                prefetch_serialized(e.key());
-                prefetch_serialized(&*e.value().value);
+        let threads = std::env::var("CW_THREADS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+            });
+        // Dropped before `version_now`: even when it is exhausted, the iterator holds the last
+        // shard's read lock, which a write holding the version order may be waiting for.
+        let shared = Shared {
+            entries: Mutex::new(map.iter()),
+            spares: Mutex::new(Vec::new()),
+        };
+        let count = std::thread::scope(|scope| {
+            let (blocks, sealed) = std::sync::mpsc::sync_channel(0);
+            let encoders: Vec<_> = (0..threads)
+                .map(|_| {
+                    let blocks = blocks.clone();
+                    let shared = &shared;
+                    scope.spawn(move || encode(shared, &blocks))
+                })
+                .collect();
+            drop(blocks);
+            let mut count = 0;
+            let mut failed = None;
+            for block in sealed.iter() {
+                let written = block.and_then(|block| {
+                    count += block.count();
+                    records.append(block)
+                });
+                match written {
+                    Ok(buffer) => shared.spares.lock().push(buffer),
+                    Err(e) => {
+                        // Dropping the receiver stops the encoders at their next block.
+                        failed = Some(e);
+                        break;
+                    }
+                }
             }
-            if ahead.len() > LOOKAHEAD
-                && let Some(e) = ahead.pop_front()
-            {
-                records.push(e.key(), e.value())?;
-                count += 1;
+            drop(sealed);
+            // Every encoder is joined, whether or not one before it panicked.
+            let panicked = encoders
+                .into_iter()
+                .map(|encoder| encoder.join())
+                .filter(Result::is_err)
+                .count()
+                > 0;
+            match failed {
+                Some(e) => Err(e),
+                None if panicked => Err(io::Error::other("a dump encoder thread panicked")),
+                None => Ok(count),
             }
-        }
-        for e in ahead {
-            records.push(e.key(), e.value())?;
-            count += 1;
-        }
+        });
+        drop(shared);
+        let count = count?;
         records.set_version(version_now());
         Ok(count)
     })
+}
+
+/// How many entries an encoder thread takes from the map's iterator at a time.
+const ENCODE_BATCH: usize = 1024;
+
+/// The map's entries, shard by shard, as the encoder threads take them.
+type MapIter<'a, K, V> = dashmap::iter::Iter<'a, K, Entry<V>, Hasher, Map<K, V>>;
+
+/// What the encoder threads of one dump write share.
+struct Shared<'a, K, V> {
+    entries: Mutex<MapIter<'a, K, V>>,
+    /// Buffers of blocks written, for the next blocks.
+    spares: Mutex<Vec<Vec<u8>>>,
+}
+
+/// One encoder thread of [`write_file`]: takes entries from the shared iterator until it ends,
+/// encodes them into blocks and sends each full one, then the last, to `blocks`. Stops early if
+/// the writer has stopped receiving or an entry does not encode (sent as the error).
+fn encode<K, V>(shared: &Shared<'_, K, V>, blocks: &SyncSender<io::Result<Sealed>>)
+where
+    K: Serialize + Eq + std::hash::Hash,
+    V: Serialize,
+{
+    let mut batch = Vec::with_capacity(ENCODE_BATCH);
+    let mut block = Block::new();
+    loop {
+        {
+            let mut entries = shared.entries.lock();
+            // Each reference holds its shard's read lock through one counter, which the
+            // iterator increments: dropped under the lock, the counter is only ever touched
+            // by one thread at a time.
+            batch.clear();
+            batch.extend(entries.by_ref().take(ENCODE_BATCH));
+        }
+        if batch.is_empty() {
+            break;
+        }
+        // The map is visited in hash order, so every value is a cache miss, and so is every
+        // string in it; the entries themselves are spread over the shard's table, a page
+        // every few dozen. Three stages ahead of the entry being encoded: the entry's slot in
+        // the table SLOT_AHEAD entries ahead, its value's allocation LOOKAHEAD ahead, and
+        // halfway there a walk of it for its strings (see `prefetch`). A batch starts with
+        // the first entries' stages at once.
+        for e in batch.iter().take(SLOT_AHEAD) {
+            prefetch(e.key());
+            prefetch(e.value());
+        }
+        for e in batch.iter().take(LOOKAHEAD) {
+            prefetch(&*e.value().value);
+        }
+        for e in batch.iter().take(LOOKAHEAD / 2) {
+            prefetch_serialized(e.key());
+            prefetch_serialized(&*e.value().value);
+        }
+        for (i, e) in batch.iter().enumerate() {
+            if let Some(slot) = batch.get(i + SLOT_AHEAD) {
+                prefetch(slot.key());
+                prefetch(slot.value());
+            }
+            if let Some(ahead) = batch.get(i + LOOKAHEAD) {
+                prefetch(&*ahead.value().value);
+            }
+            if let Some(half) = batch.get(i + LOOKAHEAD / 2) {
+                prefetch_serialized(half.key());
+                prefetch_serialized(&*half.value().value);
+            }
+            if let Err(error) = block.push(e.key(), e.value()) {
+                let _ = blocks.send(Err(error));
+                return;
+            }
+            if block.is_full() {
+                let next = shared.spares.lock().pop().unwrap_or_default();
+                if blocks.send(Ok(block.seal(next))).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+    if !block.is_empty() {
+        let _ = blocks.send(Ok(block.seal(Vec::new())));
+    }
 }
 
 /// Writes a dump file whose records `fill` pushes (returning how many), atomically (see
@@ -150,15 +268,24 @@ pub(crate) fn replace_file(
     ));
     let tmp = dir.join(tmp_name);
     let result = (|| {
+        let t0 = std::time::Instant::now();
         let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
         let mut count = 0;
         codec::write(&mut file, bucket, schema, |records| {
             count = fill(records)?;
             Ok(())
         })?;
+        let t1 = t0.elapsed();
         file.sync_all()?;
+        let t2 = t0.elapsed();
         fs::rename(&tmp, path)?;
         File::open(dir)?.sync_all()?;
+        if std::env::var_os("CW_TIMING").is_some() {
+            eprintln!(
+                "TIMING write {t1:?} fsync-done {t2:?} all {:?}",
+                t0.elapsed()
+            );
+        }
         Ok(count)
     })();
     if result.is_err() {
@@ -167,8 +294,11 @@ pub(crate) fn replace_file(
     result
 }
 
-/// How many entries ahead of the one being encoded a dump write prefetches.
+/// How many entries ahead of the one being encoded a dump encoder prefetches its value.
 const LOOKAHEAD: usize = 16;
+/// How many entries ahead of the one being encoded a dump encoder prefetches its slot in the
+/// map's table (which holds the key's and the value's pointers).
+const SLOT_AHEAD: usize = 2 * LOOKAHEAD;
 
 /// `.<file name>.tmp.`: the start of every temp file of a dump.
 fn temp_prefix(name: &std::ffi::OsStr) -> std::ffi::OsString {

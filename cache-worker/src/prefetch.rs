@@ -4,10 +4,11 @@
 //! a raw pointer, but a prefetch never dereferences it in the program's sense. It cannot fault,
 //! whatever the address, and it changes nothing the program can observe but timing.
 //!
-//! Used by the dump writer, which visits the map in hash order so that every value it encodes
-//! is a cache miss: it prefetches each value's allocation 16 entries ahead, then, 8 entries
-//! ahead, walks the value with [`Prefetcher`] to prefetch the strings and byte buffers the
-//! encoder will read, so that both levels of misses overlap the encoding of earlier entries.
+//! Used by the dump writer's encoder threads, which visit the map in hash order so that every
+//! value they encode is a cache miss: each prefetches, within the batch of entries it took from
+//! the map, each value's allocation 16 entries ahead, then, 8 entries ahead, walks the value
+//! with [`Prefetcher`] to prefetch the strings and byte buffers the encoder will read, so that
+//! both levels of misses overlap the encoding of earlier entries.
 
 use std::fmt;
 

@@ -16,7 +16,7 @@ use common::{
     write_dump,
 };
 
-/// Where the bucket name starts in the dumps a worker writes (format 2, `src/codec.rs`): after
+/// Where the bucket name starts in the dumps a worker writes (format 3, `src/codec.rs`): after
 /// the 36 bytes every format has, the version and flags (under the checksum) and the name length.
 const NAME_AT: usize = 50;
 
@@ -137,9 +137,9 @@ async fn random_bytes_give_a_cold_start() {
                 .await;
         }
     }
-    // Random bytes behind a valid magic and format version (both formats read) get further into
+    // Random bytes behind a valid magic and format version (each format read) get further into
     // the decoder.
-    for format in [1u32, 2] {
+    for format in [1u32, 2, 3] {
         for size in [0usize, 1, 29, 30, 31, 37, 38, 39, 100, 5000] {
             for round in 0..3 {
                 let mut bad = b"CWDUMP\0\n".to_vec();
@@ -313,4 +313,32 @@ async fn a_header_claiming_a_huge_entry_count_gives_a_cold_start() {
     let mut bad = good;
     bad[24..32].copy_from_slice(&u64::MAX.to_le_bytes());
     assert_cold_and_moved_aside(&file, "huge", &bad, "body length u64::MAX").await;
+}
+
+#[tokio::test]
+async fn a_lying_length_in_the_blocks_under_a_valid_checksum_gives_a_cold_start() {
+    // Format 3 frames its records in blocks: a block's length and count, each record's key and
+    // value lengths. A hostile file may lie in them and still carry the right checksum.
+    let (dir, source) = temp_dump("source.dump");
+    let good = write_dump(&source, "framing", 6).await;
+    let file = dir.path().join("framing.dump");
+    let block = NAME_AT + "framing".len();
+    for (what, at) in [
+        ("block length", block),
+        ("block count", block + 4),
+        ("key length", block + 8),
+        ("value length", block + 12),
+    ] {
+        // Keys "k0".."k5" take 3 bytes, values 1: none of these is the truth.
+        for claim in [0u32, 2, 7, u32::MAX] {
+            let mut bad = good.clone();
+            bad[at..at + 4].copy_from_slice(&claim.to_le_bytes());
+            let mut crc = crc32fast::Hasher::new();
+            crc.update(&bad[36..48]);
+            crc.update(&bad[block..]);
+            bad[32..36].copy_from_slice(&crc.finalize().to_le_bytes());
+            let case = format!("{what} claims {claim}");
+            assert_cold_and_moved_aside(&file, "framing", &bad, &case).await;
+        }
+    }
 }

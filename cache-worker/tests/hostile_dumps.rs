@@ -2,16 +2,19 @@
 //! dump writer and warm start use), with values shaped like the Vista sessions:
 //!
 //! - properties (proptest) over arbitrary records: the round trip, and the same records read
-//!   from a format-1 dump (as workers wrote before format 2) and from one at any version, exact
-//!   or not; every single bit flip of the header (in both formats) and sampled flips of the
-//!   body, each answered as its field calls for; every truncation; appended bytes; a lying entry
-//!   count or body length; another bucket or schema; random bytes, alone, behind a valid magic
-//!   (of format 1, 2 or any other), and as a body with a valid length and checksum;
+//!   from a format-2 and a format-1 dump (as workers wrote before formats 3 and 2) and from one
+//!   at any version, exact or not; every single bit flip of the header (in all three formats)
+//!   and sampled flips of the body (formats 3 and 2), each answered as its field calls for;
+//!   every truncation; appended bytes; a lying entry count or body length; another bucket or
+//!   schema; random bytes, alone, behind a valid magic (of format 1, 2, 3 or any other), as a
+//!   body with a valid length and checksum, and as records' keys and values inside a format-3
+//!   framing that holds them;
 //! - allocation bounds, measured with a counting global allocator: a lying count, a lying body
-//!   length and a lying length prefix inside a record are refused without allocating what they
-//!   claim;
-//! - the fuzzer's regression corpus (`tests/corpus/`, dumps in format 1 and 2), each file with
-//!   the answer it must get;
+//!   length, a lying length prefix inside a record (formats 3 and 2) and, in format 3, a lying
+//!   block length, block count, key length or value length are refused without allocating what
+//!   they claim;
+//! - the fuzzer's regression corpus (`tests/corpus/`, dumps in formats 1, 2 and 3), each file
+//!   with the answer it must get;
 //! - through a worker: one flipped bit in the count of a large dump gives a cold start without a
 //!   huge allocation.
 //!
@@ -32,9 +35,9 @@ use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use cache_worker::__codec::{DecodeError, Record, decode as decode_as, encode};
 use model::{
-    BUCKET, COUNT_AT, FLAGS_AT, Key, Layout, SCHEMA, SCHEMA_AT, Session, V1, V2, VERSION_AT,
-    body_start, check, decode, describe, header, reseal, set_body_len, set_count, to_format_1,
-    varint,
+    BLOCK_HEADER, BUCKET, COUNT_AT, FLAGS_AT, FORMAT_AT, Key, Layout, Raw, SCHEMA, SCHEMA_AT,
+    Session, V1, V2, V3, VERSION_AT, blocks, body_start, check, decode, describe, header, reseal,
+    set_body_len, set_count, to_format_1, to_format_2, varint, with_blocks,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -153,21 +156,26 @@ fn dump(
 // ---------------------------------------------------------------------------------------------
 
 /// What a single bit flip at byte `at` of a valid dump of ours in `layout` must give, field by
-/// field. Only the body and, in format 2, the version and flags are under the checksum, so:
+/// field. Only the body and, in formats 2 and 3, the version and flags are under the checksum,
+/// so:
 ///
-/// - magic, format version: `Corrupt` (not a dump, or a format that is not read: one bit never
-///   turns format 1 into 2 or 2 into 1);
+/// - magic: `Corrupt` (not a dump);
+/// - format version: one bit turns 1 or 2 into 3 and 3 into 1 or 2, or gives a format that is
+///   not read (`Corrupt`): read in the format it now names, the file gets the answer its header
+///   then calls for ([`check`]; an empty format-3 dump is an empty format-2 one), which the test
+///   checks instead;
 /// - entry count: `Corrupt` (the records no longer fill the body exactly: fewer leave bytes over,
-///   more run out of bytes; every record takes at least three bytes);
+///   more run out of bytes, every record taking at least three bytes; in format 3 the blocks'
+///   counts no longer add up to it);
 /// - body length: `Corrupt` (no longer the length of what follows the header);
 /// - checksum: `Corrupt` (a CRC-32 one bit off never matches);
-/// - version, flags (format 2, bytes 36..48): `Corrupt` (under the checksum, which detects every
-///   single-bit error);
+/// - version, flags (formats 2 and 3, bytes 36..48): `Corrupt` (under the checksum, which
+///   detects every single-bit error);
 /// - bucket name length: `Corrupt` (the body now starts elsewhere, so its length no longer
 ///   matches the header's, or the header runs past the end of the file);
 /// - schema: `Foreign` with the flipped schema and our bucket (the body is intact, the header
 ///   names another schema: it must not be refused as damaged, nor read as ours);
-/// - bucket name (from `layout.fixed`: 50 in format 2, 38 in format 1, up to `start`): `Foreign`
+/// - bucket name (from `layout.fixed`: 50 in formats 2 and 3, 38 in format 1, up to `start`): `Foreign`
 ///   with the flipped name if it is still UTF-8, else `Corrupt`;
 /// - body: `Corrupt` (CRC-32 detects every single-bit error).
 fn after_flip(flipped: &[u8], at: usize, layout: &Layout, start: usize) -> Result<(), DecodeError> {
@@ -208,9 +216,12 @@ proptest! {
         prop_assert_eq!(&back, &records);
         // And the writer is deterministic: the decoded records encode to the same bytes.
         prop_assert_eq!(&encode(BUCKET, SCHEMA, &back).expect("encode"), &bytes);
-        // The same records in format 1, as a worker wrote them before format 2, read the same.
-        let old = to_format_1(&bytes).expect("a whole format-2 header");
-        prop_assert_eq!(decode(&old).expect("a format-1 dump decodes"), records);
+        // The same records in formats 2 and 1, as workers wrote them before formats 3 and 2,
+        // read the same.
+        let two = to_format_2(&bytes).expect("a whole format-3 dump");
+        prop_assert_eq!(&decode(&two).expect("a format-2 dump decodes"), &records);
+        let one = to_format_1(&bytes).expect("a whole format-3 dump");
+        prop_assert_eq!(decode(&one).expect("a format-1 dump decodes"), records);
     }
 
     #[test]
@@ -233,13 +244,18 @@ proptest! {
         (_records, bytes) in dump(0..8)
     ) {
         let _shared = shared();
-        let old = to_format_1(&bytes).expect("a whole format-2 header");
-        for (layout, bytes) in [(V2, bytes), (V1, old)] {
+        let two = to_format_2(&bytes).expect("a whole format-3 dump");
+        let one = to_format_1(&bytes).expect("a whole format-3 dump");
+        for (layout, bytes) in [(V3, bytes), (V2, two), (V1, one)] {
             let (read, start) = header(&bytes).expect("a whole header");
-            prop_assert_eq!(&read, &layout, "`encode` writes format 2");
+            prop_assert_eq!(&read, &layout, "`encode` writes format 3");
             for bit in 0..start * 8 {
                 let bad = flip(&bytes, bit);
                 let got = decode(&bad);
+                if (FORMAT_AT..FORMAT_AT + 4).contains(&(bit / 8)) {
+                    check(&bad, &got);
+                    continue;
+                }
                 let want = after_flip(&bad, bit / 8, &layout, start);
                 prop_assert!(
                     same_answer(&got, &want),
@@ -256,12 +272,18 @@ proptest! {
         bits in vec(any::<Index>(), 1..32),
     ) {
         let _shared = shared();
-        let start = body_start(&bytes).expect("a whole header");
-        let body_bits = (bytes.len() - start) * 8;
-        for bit in bits {
-            let bit = start * 8 + bit.index(body_bits);
-            let got = decode(&flip(&bytes, bit));
-            prop_assert!(is_corrupt(&got), "body bit {}: {}", bit - start * 8, describe(&got));
+        let two = to_format_2(&bytes).expect("a whole format-3 dump");
+        for bytes in [bytes, two] {
+            let start = body_start(&bytes).expect("a whole header");
+            let body_bits = (bytes.len() - start) * 8;
+            for bit in &bits {
+                let bit = start * 8 + bit.index(body_bits);
+                let got = decode(&flip(&bytes, bit));
+                prop_assert!(
+                    is_corrupt(&got),
+                    "format {}, body bit {}: {}", bytes[8], bit - start * 8, describe(&got)
+                );
+            }
         }
     }
 
@@ -342,7 +364,7 @@ proptest! {
 
     #[test]
     fn random_bytes_behind_a_valid_magic_get_the_answer_their_header_calls_for(
-        format in prop_oneof![Just(1u32), Just(2), any::<u32>()],
+        format in prop_oneof![Just(1u32), Just(2), Just(3), any::<u32>()],
         rest in vec(any::<u8>(), 0..512),
     ) {
         let _shared = shared();
@@ -364,6 +386,38 @@ proptest! {
         reseal(&mut bytes);
         // Ours, intact: `count` records or Corrupt; never a panic, never a Foreign.
         check(&bytes, &decode(&bytes));
+    }
+
+    #[test]
+    fn random_keys_and_values_inside_a_valid_framing_never_panic(
+        blocks in vec(
+            vec((vec(any::<u8>(), 0..48), vec(any::<u8>(), 0..96), any::<u64>(), any::<u64>()), 0..6),
+            0..4,
+        ),
+    ) {
+        let _shared = shared();
+        let blocks: Vec<Vec<Raw>> = blocks
+            .into_iter()
+            .map(|records| {
+                records
+                    .into_iter()
+                    .map(|(key, value, loaded_at, expires_at)| Raw { key, value, loaded_at, expires_at })
+                    .collect()
+            })
+            .collect();
+        let empty = encode::<Key, Session>(BUCKET, SCHEMA, &[]).expect("encode");
+        let bytes = with_blocks(&empty, &blocks).expect("a format-3 header");
+        // The framing holds and the checksum is good: the bincode inside decides.
+        check(&bytes, &decode(&bytes));
+    }
+
+    #[test]
+    fn records_reframed_as_they_were_read_as_they_were((records, bytes) in dump(0..24)) {
+        let _shared = shared();
+        // The oracle's reading of the framing is exact: rebuilt from it, the same bytes.
+        let read = blocks(&bytes).expect("a whole format-3 dump");
+        prop_assert_eq!(read.iter().map(Vec::len).sum::<usize>(), records.len());
+        prop_assert_eq!(with_blocks(&bytes, &read).expect("a format-3 header"), bytes);
     }
 }
 
@@ -458,8 +512,9 @@ fn a_lying_body_length_is_refused_without_allocating() {
 }
 
 /// A dump of one record whose `field`-th length prefix (0: the key; 1: the session's id; 2: its
-/// film id) is replaced by one claiming `claim` bytes, then resealed: a file with a valid
-/// checksum, as a hostile writer or a value type changed without a new schema would leave.
+/// film id) is replaced by one claiming `claim` bytes, then reframed and resealed: a format-3
+/// file with a valid checksum and a framing that holds the claim, as a hostile writer or a
+/// value type changed without a new schema would leave.
 fn claiming(field: usize, claim: u64) -> Vec<u8> {
     let session = Session {
         id: "1001-20".to_owned(),
@@ -471,19 +526,18 @@ fn claiming(field: usize, claim: u64) -> Vec<u8> {
         screen: Some("Saal 1".to_owned()),
     };
     let records = [(session.id.clone(), session, 1, u64::MAX)];
-    let mut bytes = encode(BUCKET, SCHEMA, &records).expect("encode");
-    let start = body_start(&bytes).expect("header");
-    // Body: key (len 7), then the session: id (len 7), cinema id (varint), film id (len 10), ...
-    let at = match field {
-        0 => start,
-        1 => start + 8,
-        _ => start + 16 + varint(1001).len(),
+    let bytes = encode(BUCKET, SCHEMA, &records).expect("encode");
+    let mut blocks = blocks(&bytes).expect("a whole format-3 dump");
+    let record = &mut blocks[0][0];
+    // The key (len 7), then the session: id (len 7), cinema id (varint), film id (len 10), ...
+    let (bytes_of, at) = match field {
+        0 => (&mut record.key, 0),
+        1 => (&mut record.value, 0),
+        _ => (&mut record.value, 8 + varint(1001).len()),
     };
-    let old = usize::from(bytes[at]);
-    assert!(old < 251, "a one-byte length prefix at {at}");
-    bytes.splice(at..at + 1, varint(claim));
-    reseal(&mut bytes);
-    bytes
+    assert!(bytes_of[at] < 251, "a one-byte length prefix at {at}");
+    bytes_of.splice(at..at + 1, varint(claim));
+    with_blocks(&bytes, &blocks).expect("a format-3 header")
 }
 
 #[test]
@@ -500,24 +554,30 @@ fn a_length_prefix_claiming_a_huge_string_is_refused_without_allocating_it() {
             1 << 30,
             u64::MAX,
         ] {
-            let bytes = claiming(field, claim);
-            let (got, allocated) = allocated_by(|| decode(&bytes));
-            check(&bytes, &got);
-            assert!(
-                is_corrupt(&got),
-                "field {field} claims {claim}: {}",
-                describe(&got)
-            );
-            eprintln!(
-                "a {}-byte file, field {field} claims {claim} bytes: {} allocated",
-                bytes.len(),
-                mib(allocated)
-            );
-            if allocated > ALLOCATION_BOUND {
-                over.push(format!(
-                    "field {field} claims {claim}: {} allocated",
+            let three = claiming(field, claim);
+            // The same claim in format 2, where no framing says how long the record is.
+            let two = to_format_2(&three).expect("a whole format-3 dump");
+            for bytes in [three, two] {
+                let format = bytes[8];
+                let (got, allocated) = allocated_by(|| decode(&bytes));
+                check(&bytes, &got);
+                assert!(
+                    is_corrupt(&got),
+                    "format {format}, field {field} claims {claim}: {}",
+                    describe(&got)
+                );
+                eprintln!(
+                    "a {}-byte format-{format} file, field {field} claims {claim} bytes: {} \
+                     allocated",
+                    bytes.len(),
                     mib(allocated)
-                ));
+                );
+                if allocated > ALLOCATION_BOUND {
+                    over.push(format!(
+                        "format {format}, field {field} claims {claim}: {} allocated",
+                        mib(allocated)
+                    ));
+                }
             }
         }
     }
@@ -527,6 +587,38 @@ fn a_length_prefix_claiming_a_huge_string_is_refused_without_allocating_it() {
          {over:?}",
         mib(ALLOCATION_BOUND)
     );
+}
+
+#[test]
+fn a_lying_length_in_the_framing_is_refused_without_allocating_it() {
+    let (_, bytes) = large_dump();
+    let start = body_start(&bytes).expect("header");
+    let record = start + BLOCK_HEADER;
+    let _exclusive = exclusive();
+    // The block's length, its count, the first record's key and value lengths, each claiming
+    // up to 4 GiB (or records) in a 4 MiB file, under a valid checksum.
+    for (what, at) in [
+        ("block length", start),
+        ("block count", start + 4),
+        ("key length", record),
+        ("value length", record + 4),
+    ] {
+        for claim in [u32::MAX, 1 << 31, 64 << 20, 5 << 20] {
+            let mut bad = bytes.clone();
+            bad[at..at + 4].copy_from_slice(&claim.to_le_bytes());
+            reseal(&mut bad);
+            let (got, allocated) = allocated_by(|| decode(&bad));
+            check(&bad, &got);
+            assert!(is_corrupt(&got), "{what} {claim}: {}", describe(&got));
+            // Refused from the framing: the window (1 MiB) and the records decoded before.
+            assert!(
+                allocated <= ALLOCATION_BOUND,
+                "{what} {claim}: {} allocated",
+                mib(allocated)
+            );
+            eprintln!("{what} claims {claim}: {} allocated", mib(allocated));
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -545,7 +637,7 @@ enum Outcome {
 /// bound. The fuzzer's seeds (`fuzz/examples/seed_corpus.rs`: valid, foreign and damaged dumps)
 /// and what the fuzzer found (named after the target and the artifact; see RELIABILITY.md).
 /// All are in format 1, written before format 2 and kept as they were (old dumps still read),
-/// except the `format-2-*` seeds.
+/// except the `format-2-*` seeds (written before format 3) and the `format-3-*` ones.
 const CORPUS: &[(&str, Outcome)] = &[
     ("empty.bin", Outcome::Records(0)),
     ("one.bin", Outcome::Records(1)),
@@ -590,6 +682,30 @@ const CORPUS: &[(&str, Outcome)] = &[
         "format-2-bucket-name-bit-flipped.bin",
         Outcome::Foreign("Sessions", SCHEMA),
     ),
+    ("format-3-five.bin", Outcome::Records(5)),
+    (
+        "format-3-five-exact-at-version-123.bin",
+        Outcome::Records(5),
+    ),
+    ("format-3-torn.bin", Outcome::Corrupt),
+    ("format-3-lying-count.bin", Outcome::Corrupt),
+    ("format-3-version-bit-flipped.bin", Outcome::Corrupt),
+    ("format-3-exact-flag-flipped.bin", Outcome::Corrupt),
+    ("format-3-name-length-bit-flipped.bin", Outcome::Corrupt),
+    (
+        "format-3-bucket-name-bit-flipped.bin",
+        Outcome::Foreign("Sessions", SCHEMA),
+    ),
+    // A length prefix inside the first key claiming 1 MiB, under a framing that holds it.
+    ("format-3-resealed-key-claims-1mib.bin", Outcome::Corrupt),
+    // The framing's lengths claiming up to 4 GiB, under a valid checksum.
+    ("format-3-block-length-claims-4gib.bin", Outcome::Corrupt),
+    (
+        "format-3-block-count-claims-4g-records.bin",
+        Outcome::Corrupt,
+    ),
+    ("format-3-key-length-claims-4gib.bin", Outcome::Corrupt),
+    ("format-3-value-length-claims-2gib.bin", Outcome::Corrupt),
 ];
 
 fn corpus_dir() -> PathBuf {

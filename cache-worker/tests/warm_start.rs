@@ -132,14 +132,14 @@ async fn entry_ages_survive_a_restart() {
 
     // The test's reading of the layout is exact: a re-encode gives the same bytes.
     let mut image = DumpImage::parse(&bytes);
-    assert_eq!(image.records.len(), 10);
+    assert_eq!(image.records().count(), 10);
     assert_eq!(
         image.encode(),
         bytes,
         "the test re-encodes the dump byte for byte"
     );
     let now = now_ms();
-    for r in &image.records {
+    for r in image.records() {
         assert!(
             r.loaded_at <= now && r.loaded_at + 60_000 > now,
             "loaded_at is wall-clock ms: {r:?}"
@@ -184,14 +184,10 @@ async fn entry_ages_survive_a_restart() {
 
     // The reloaded entries carry their new load time into the next dump; the others keep theirs.
     let after = DumpImage::parse(&std::fs::read(&file).expect("dump"));
-    assert_eq!(after.records.len(), 10);
-    for r in &after.records {
+    assert_eq!(after.records().count(), 10);
+    for r in after.records() {
         let n: u64 = r.key[1..].parse().expect("k<n>");
-        let before = image
-            .records
-            .iter()
-            .find(|b| b.key == r.key)
-            .expect("same keys");
+        let before = image.records().find(|b| b.key == r.key).expect("same keys");
         if n < 5 {
             assert!(r.loaded_at >= now, "{r:?} reloaded now");
         } else {
@@ -299,14 +295,16 @@ async fn a_seed_that_aborts_fails_the_start() {
 // ---------------------------------------------------------------------------------------------
 
 /// A dump of `String` → `u64`, decoded just far enough to rewrite entry times. The layout is the
-/// one documented in `src/codec.rs` for format 2, which workers write: a 50-byte fixed header
+/// one documented in `src/codec.rs` for format 3, which workers write: a 50-byte fixed header
 /// (magic, format, schema, count at 16, body length at 24, CRC-32 at 32 of the bytes 36..48 and
 /// the body, the bucket's version at 36 and flags at 44, bucket name length at 48), the bucket
-/// name, then `count` bincode-2 records `(key, value, loaded_at, expires_at)` with varint
-/// integers.
+/// name, then blocks: each the length of its records (u32 LE), their count (u32 LE), then the
+/// records: key length, value length (u32 LE), loaded_at, expires_at (u64 LE), then the key and
+/// the value in bincode 2 with varint integers.
 struct DumpImage {
     header: Vec<u8>,
-    records: Vec<Record>,
+    /// The records, block by block.
+    blocks: Vec<Vec<Record>>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -317,42 +315,86 @@ struct Record {
     expires_at: u64,
 }
 
+fn u32_at(bytes: &[u8], at: usize) -> usize {
+    u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize
+}
+
+fn u64_at(bytes: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"))
+}
+
 impl DumpImage {
     fn parse(bytes: &[u8]) -> Self {
+        assert_eq!(u32_at(bytes, 8), 3, "workers write format 3");
         let name_len = u16::from_le_bytes([bytes[48], bytes[49]]) as usize;
         let start = 50 + name_len;
-        let count = u64::from_le_bytes(bytes[16..24].try_into().expect("count"));
         let mut at = start;
-        let mut records = Vec::new();
-        for _ in 0..count {
-            let len = read_varint(bytes, &mut at) as usize;
-            let key = String::from_utf8(bytes[at..at + len].to_vec()).expect("utf-8 key");
-            at += len;
-            records.push(Record {
-                key,
-                value: read_varint(bytes, &mut at),
-                loaded_at: read_varint(bytes, &mut at),
-                expires_at: read_varint(bytes, &mut at),
-            });
+        let mut blocks = Vec::new();
+        while at < bytes.len() {
+            let (len, count) = (u32_at(bytes, at), u32_at(bytes, at + 4));
+            at += 8;
+            let end = at + len;
+            let mut records = Vec::new();
+            for _ in 0..count {
+                let (key_len, value_len) = (u32_at(bytes, at), u32_at(bytes, at + 4));
+                let (loaded_at, expires_at) = (u64_at(bytes, at + 8), u64_at(bytes, at + 16));
+                at += 24;
+                let mut key_at = at;
+                let len = read_varint(bytes, &mut key_at) as usize;
+                let key = String::from_utf8(bytes[key_at..key_at + len].to_vec()).expect("utf-8");
+                assert_eq!(key_at + len, at + key_len, "the key fills its bytes");
+                at += key_len;
+                let mut value_at = at;
+                let value = read_varint(bytes, &mut value_at);
+                assert_eq!(value_at, at + value_len, "the value fills its bytes");
+                at += value_len;
+                records.push(Record {
+                    key,
+                    value,
+                    loaded_at,
+                    expires_at,
+                });
+            }
+            assert_eq!(at, end, "the records fill their block");
+            blocks.push(records);
         }
         assert_eq!(at, bytes.len(), "the test's reading of the dump layout");
-        DumpImage {
+        let image = DumpImage {
             header: bytes[..start].to_vec(),
-            records,
-        }
+            blocks,
+        };
+        assert_eq!(image.records().count() as u64, u64_at(bytes, 16));
+        image
+    }
+
+    fn records(&self) -> impl Iterator<Item = &Record> {
+        self.blocks.iter().flatten()
     }
 
     fn encode(&self) -> Vec<u8> {
         let mut body = Vec::new();
-        for r in &self.records {
-            write_varint(&mut body, r.key.len() as u64);
-            body.extend_from_slice(r.key.as_bytes());
-            write_varint(&mut body, r.value);
-            write_varint(&mut body, r.loaded_at);
-            write_varint(&mut body, r.expires_at);
+        for records in &self.blocks {
+            let mut block = Vec::new();
+            for r in records {
+                let mut key = Vec::new();
+                write_varint(&mut key, r.key.len() as u64);
+                key.extend_from_slice(r.key.as_bytes());
+                let mut value = Vec::new();
+                write_varint(&mut value, r.value);
+                block.extend_from_slice(&(key.len() as u32).to_le_bytes());
+                block.extend_from_slice(&(value.len() as u32).to_le_bytes());
+                block.extend_from_slice(&r.loaded_at.to_le_bytes());
+                block.extend_from_slice(&r.expires_at.to_le_bytes());
+                block.extend_from_slice(&key);
+                block.extend_from_slice(&value);
+            }
+            body.extend_from_slice(&(block.len() as u32).to_le_bytes());
+            body.extend_from_slice(&(records.len() as u32).to_le_bytes());
+            body.extend_from_slice(&block);
         }
         let mut out = self.header.clone();
-        out[16..24].copy_from_slice(&(self.records.len() as u64).to_le_bytes());
+        let count = self.records().count() as u64;
+        out[16..24].copy_from_slice(&count.to_le_bytes());
         out[24..32].copy_from_slice(&(body.len() as u64).to_le_bytes());
         let checked = [&out[36..48], &body].concat();
         out[32..36].copy_from_slice(&crc32(&checked).to_le_bytes());
@@ -361,8 +403,9 @@ impl DumpImage {
     }
 
     fn record_mut(&mut self, key: &str) -> &mut Record {
-        self.records
+        self.blocks
             .iter_mut()
+            .flatten()
             .find(|r| r.key == key)
             .expect("key in the dump")
     }

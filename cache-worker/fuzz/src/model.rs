@@ -7,15 +7,23 @@
 //! schema (u32 LE at 12), entry count (u64 LE at 16), body length (u64 LE at 24) and a CRC-32
 //! (u32 LE at 32); the format version decides the rest:
 //!
-//! - format 2 (what `encode` writes): the bucket's version (u64 LE at 36), flags (u32 LE at 44),
-//!   the bucket name length (u16 LE at 48), the name (at 50), then the body; the checksum covers
-//!   bytes 36..48 followed by the body;
+//! - format 3 (what `encode` writes) and format 2 (still read): the bucket's version (u64 LE at
+//!   36), flags (u32 LE at 44), the bucket name length (u16 LE at 48), the name (at 50), then the
+//!   body; the checksum covers bytes 36..48 followed by the body;
 //! - format 1 (still read): the name length (u16 LE at 36), the name (at 38), then the body; the
 //!   checksum covers the body alone;
 //! - any other format: `Corrupt`.
 //!
+//! The body of format 3 is blocks, each a u32 LE length L of its records, a u32 LE record
+//! count, then its records: each a u32 LE key length k, a u32 LE value length v, loaded_at and
+//! expires_at (u64 LE), then k bytes of key and v bytes of value (bincode). The body of formats
+//! 1 and 2 is the records one after another, each the bincode encoding of (key, value,
+//! loaded_at, expires_at) with varint integers.
+//!
 //! The version and flags are checked only through the checksum (the decoder does not answer
-//! with them); the other header fields are outside it, so they are checked one by one.
+//! with them); the other header fields are outside it, so they are checked one by one. The
+//! framing inside a format-3 body is the decoder's to check: an intact dump of ours may still
+//! be `Corrupt` (as one of formats 1 and 2 whose records do not decode).
 #![allow(dead_code, unreachable_pub)]
 
 use cache_worker::__codec::{DecodeError, Record};
@@ -33,8 +41,8 @@ pub const BODY_LEN_AT: usize = 24;
 pub const CRC_AT: usize = 32;
 /// The size of the header fields every format has (up to and with the checksum).
 pub const COMMON_HEADER: usize = 36;
-/// Format 2: offsets of the bucket's version and the flags (under the checksum), and of the
-/// name length; the size of the fixed part of the header (where the name starts).
+/// Formats 2 and 3: offsets of the bucket's version and the flags (under the checksum), and of
+/// the name length; the size of the fixed part of the header (where the name starts).
 pub const VERSION_AT: usize = 36;
 pub const FLAGS_AT: usize = 44;
 pub const NAME_LEN_AT_V2: usize = 48;
@@ -55,6 +63,14 @@ pub struct Layout {
     /// The header bytes under the checksum, which covers them and then the body.
     pub checked: std::ops::Range<usize>,
 }
+
+/// The layout of format 3: that of format 2.
+pub const V3: Layout = Layout {
+    format: 3,
+    name_len_at: NAME_LEN_AT_V2,
+    fixed: FIXED_HEADER_V2,
+    checked: VERSION_AT..NAME_LEN_AT_V2,
+};
 
 /// The layout of format 2.
 pub const V2: Layout = Layout {
@@ -133,6 +149,7 @@ pub fn layout(bytes: &[u8]) -> Option<Layout> {
     match u32_at(bytes, FORMAT_AT) {
         1 => Some(V1),
         2 => Some(V2),
+        3 => Some(V3),
         _ => None,
     }
 }
@@ -196,18 +213,121 @@ pub fn expected(bytes: &[u8]) -> Expected {
     }
 }
 
-/// The same dump in format 1, as a worker wrote it before format 2: without the version and
-/// flags, the checksum over the body alone. `None` unless `bytes` have a whole format-2 header.
-pub fn to_format_1(bytes: &[u8]) -> Option<Vec<u8>> {
+/// A block's header (length of its records, their count) and a record's (key length, value
+/// length, loaded_at, expires_at) in format 3.
+pub const BLOCK_HEADER: usize = 8;
+pub const RECORD_HEADER: usize = 24;
+
+/// One record of a format-3 body as stored: its key's and value's bytes and its times.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Raw {
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    pub loaded_at: u64,
+    pub expires_at: u64,
+}
+
+/// The records of a format-3 dump, block by block, read by the documented layout. `None`
+/// unless `bytes` are a whole format-3 header over a body whose framing is consistent.
+pub fn blocks(bytes: &[u8]) -> Option<Vec<Vec<Raw>>> {
     let (layout, start) = header(bytes)?;
-    if layout != V2 {
+    if layout != V3 {
         return None;
     }
-    let mut out = Vec::with_capacity(bytes.len() - (V2.fixed - V1.fixed));
-    out.extend_from_slice(&bytes[..COMMON_HEADER]);
-    out.extend_from_slice(&bytes[V2.name_len_at..]);
+    let mut at = start;
+    let mut blocks = Vec::new();
+    while at < bytes.len() {
+        let head = bytes.get(at..at + BLOCK_HEADER)?;
+        let (len, count) = (u32_at(head, 0) as usize, u32_at(head, 4));
+        at += BLOCK_HEADER;
+        let end = at.checked_add(len).filter(|&end| end <= bytes.len())?;
+        let mut records = Vec::new();
+        for _ in 0..count {
+            let head = bytes
+                .get(at..at + RECORD_HEADER)
+                .filter(|_| at + RECORD_HEADER <= end)?;
+            let (k, v) = (u32_at(head, 0) as usize, u32_at(head, 4) as usize);
+            let key_at = at + RECORD_HEADER;
+            let value_at = key_at.checked_add(k)?;
+            let next = value_at.checked_add(v).filter(|&next| next <= end)?;
+            records.push(Raw {
+                key: bytes[key_at..value_at].to_vec(),
+                value: bytes[value_at..next].to_vec(),
+                loaded_at: u64_at(head, 8),
+                expires_at: u64_at(head, 16),
+            });
+            at = next;
+        }
+        if at != end {
+            return None;
+        }
+        blocks.push(records);
+    }
+    Some(blocks)
+}
+
+/// The header of `bytes` (format 3) over a body of `blocks`, with the count, body length and
+/// checksum set to match them: records with any bytes inside a consistent framing, as a hostile
+/// writer or a value type changed without a new schema would leave. `None` without a whole
+/// format-3 header.
+pub fn with_blocks(bytes: &[u8], blocks: &[Vec<Raw>]) -> Option<Vec<u8>> {
+    let (layout, start) = header(bytes)?;
+    if layout != V3 {
+        return None;
+    }
+    let mut out = bytes[..start].to_vec();
+    let mut count = 0u64;
+    for records in blocks {
+        let len: usize = records
+            .iter()
+            .map(|r| RECORD_HEADER + r.key.len() + r.value.len())
+            .sum();
+        out.extend_from_slice(&(len as u32).to_le_bytes());
+        out.extend_from_slice(&(records.len() as u32).to_le_bytes());
+        for r in records {
+            out.extend_from_slice(&(r.key.len() as u32).to_le_bytes());
+            out.extend_from_slice(&(r.value.len() as u32).to_le_bytes());
+            out.extend_from_slice(&r.loaded_at.to_le_bytes());
+            out.extend_from_slice(&r.expires_at.to_le_bytes());
+            out.extend_from_slice(&r.key);
+            out.extend_from_slice(&r.value);
+        }
+        count += records.len() as u64;
+    }
+    set_count(&mut out, count);
+    reseal(&mut out);
+    Some(out)
+}
+
+/// The same dump in format 2, as a worker wrote it before format 3: the same header but for
+/// the format, each record's key and value bytes followed by its times as bincode varints.
+/// `None` unless `bytes` are a whole format-3 dump (see [`blocks`]).
+pub fn to_format_2(bytes: &[u8]) -> Option<Vec<u8>> {
+    let blocks = blocks(bytes)?;
+    let start = body_start(bytes)?;
+    let mut out = bytes[..start].to_vec();
+    out[FORMAT_AT..FORMAT_AT + 4].copy_from_slice(&2u32.to_le_bytes());
+    for r in blocks.iter().flatten() {
+        out.extend_from_slice(&r.key);
+        out.extend_from_slice(&r.value);
+        out.extend_from_slice(&varint(r.loaded_at));
+        out.extend_from_slice(&varint(r.expires_at));
+    }
+    reseal(&mut out);
+    Some(out)
+}
+
+/// The same dump in format 1, as a worker wrote it before format 2: format 2's body, without
+/// the version and flags, the checksum over the body alone. `None` unless `bytes` are a whole
+/// format-3 dump (see [`blocks`]).
+pub fn to_format_1(bytes: &[u8]) -> Option<Vec<u8>> {
+    let two = to_format_2(bytes)?;
+    let start = body_start(&two)?;
+    let mut out = Vec::with_capacity(two.len() - (V2.fixed - V1.fixed));
+    out.extend_from_slice(&two[..COMMON_HEADER]);
+    out.extend_from_slice(&two[V2.name_len_at..]);
     out[FORMAT_AT..FORMAT_AT + 4].copy_from_slice(&1u32.to_le_bytes());
-    let crc = crc32fast::hash(&bytes[start..]);
+    let crc = crc32fast::hash(&two[start..]);
     out[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_le_bytes());
     Some(out)
 }
@@ -249,7 +369,7 @@ pub fn describe(decoded: &Decoded) -> String {
 }
 
 /// Rewrites the body length and checksum to match whatever follows the header now (and, in
-/// format 2, the version and flags as they are now), so that a damaged body gets past the
+/// formats 2 and 3, the version and flags as they are now), so that a damaged body gets past the
 /// integrity check and into the record decoder (a hostile file, or a dump written by another
 /// value type under the same schema). No-op without a whole header.
 pub fn reseal(bytes: &mut [u8]) {
@@ -287,8 +407,8 @@ pub fn set_name_len(bytes: &mut [u8], len: u16) {
     }
 }
 
-/// A bincode-2 varint length prefix claiming `len` (the encoding of every string's and list's
-/// length in a record).
+/// A bincode-2 varint: a length prefix claiming `len` (the encoding of every string's and
+/// list's length in a record), or an integer such as a format-2 record's times.
 pub fn varint(len: u64) -> Vec<u8> {
     match len {
         0..=250 => vec![len as u8],
