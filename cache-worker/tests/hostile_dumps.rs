@@ -175,8 +175,8 @@ fn dump(
 ///   matches the header's, or the header runs past the end of the file);
 /// - schema: `Foreign` with the flipped schema and our bucket (the body is intact, the header
 ///   names another schema: it must not be refused as damaged, nor read as ours);
-/// - bucket name (from `layout.fixed`: 50 in formats 2 and 3, 38 in format 1, up to `start`): `Foreign`
-///   with the flipped name if it is still UTF-8, else `Corrupt`;
+/// - bucket name (from `layout.fixed`: 50 in formats 2 and 3, 38 in format 1, up to `start`):
+///   `Foreign` with the flipped name if it is still UTF-8, else `Corrupt`;
 /// - body: `Corrupt` (CRC-32 detects every single-bit error).
 fn after_flip(flipped: &[u8], at: usize, layout: &Layout, start: usize) -> Result<(), DecodeError> {
     if (SCHEMA_AT..SCHEMA_AT + 4).contains(&at) {

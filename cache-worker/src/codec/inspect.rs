@@ -6,7 +6,6 @@ use std::fmt;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::Path;
-use std::time::Duration;
 
 use super::window::Window;
 use super::{DecodeError, FORMAT_VERSION, Header, ReadError, WINDOW, block};
@@ -196,13 +195,26 @@ pub(super) fn inspect_from<R: Read + Seek>(
     })
 }
 
-/// A time span for people: milliseconds under a second, else whole seconds and up.
-fn span(ms: u64) -> String {
+/// A time span for people: milliseconds under a second, else its two largest units of days,
+/// hours, minutes and seconds (`2d 3h`, `5m 2s`, `42s`).
+pub(super) fn span(ms: u64) -> String {
     if ms < 1000 {
-        format!("{ms}ms")
-    } else {
-        humantime::format_duration(Duration::from_secs(ms / 1000)).to_string()
+        return format!("{ms}ms");
     }
+    let mut left = ms / 1000;
+    let mut parts = Vec::new();
+    for (unit, secs) in [("d", 86_400), ("h", 3600), ("m", 60), ("s", 1)] {
+        let n = left / secs;
+        left %= secs;
+        if n > 0 || !parts.is_empty() {
+            parts.push(format!("{n}{unit}"));
+        }
+    }
+    parts.truncate(2);
+    if parts.last().is_some_and(|p| p.starts_with('0')) {
+        parts.pop();
+    }
+    parts.join(" ")
 }
 
 /// `min 1s, p50 2s, p90 3s, p99 3s, max 4s`, each figure shown by `show`.
@@ -236,6 +248,7 @@ impl fmt::Display for Inspection {
         writeln!(f, "{:<10}{}", "schema:", self.schema)?;
         writeln!(f, "{:<10}{}", "entries:", self.entries)?;
         match self.version {
+            Some((0, false)) => writeln!(f, "{:<10}0 (no known version)", "version:")?,
             Some((version, true)) => writeln!(
                 f,
                 "{:<10}{version} (exact: the bucket at that version)",

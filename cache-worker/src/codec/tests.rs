@@ -640,4 +640,24 @@ fn an_inspection_refuses_what_a_warm_start_refuses() {
         empty.to_string().contains("ages:     no entries\n"),
         "{empty}"
     );
+    // Written outside a worker, at no version.
+    assert!(
+        empty
+            .to_string()
+            .contains("version:  0 (no known version)\n"),
+        "{empty}"
+    );
+}
+
+#[test]
+fn spans_show_their_two_largest_units() {
+    let span = |ms| inspect::span(ms);
+    assert_eq!(span(0), "0ms");
+    assert_eq!(span(999), "999ms");
+    assert_eq!(span(42_000), "42s");
+    assert_eq!(span(302_000), "5m 2s");
+    assert_eq!(span(3_600_000), "1h");
+    assert_eq!(span(7_199_000), "1h 59m");
+    assert_eq!(span((2 * 86_400 + 3 * 3600 + 59) * 1000), "2d 3h");
+    assert_eq!(span(86_400_000 + 59_000), "1d");
 }

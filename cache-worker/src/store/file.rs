@@ -67,7 +67,7 @@ where
                     (version, entries.into_iter().collect())
                 }
             };
-            dump::replace_file(&path, &bucket.name, bucket.schema, |records| {
+            dump::replace_file(&path, &bucket.name, bucket.schema, |records, _| {
                 for (key, stored) in &entries {
                     records.push(key, &persist::entry(stored.clone()))?;
                 }
