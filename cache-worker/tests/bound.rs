@@ -315,6 +315,32 @@ async fn a_missing_key_is_forgotten_when_it_gets_a_value_or_is_invalidated() {
     worker.shutdown().await.expect("shutdown");
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_missing_key_is_forgotten_when_a_bulk_load_brings_it() {
+    let _shared = MEASURING.read().await;
+    let up = Upstream::new();
+    up.set_collection(&[]);
+    let worker = started_with(&up, "negative-bulk", |b| {
+        b.not_found_ttl(Duration::from_secs(3600))
+    })
+    .await;
+    worker.ready().await.expect("the first bulk load");
+    assert!(worker.fetch(&key("late")).await.is_err());
+    assert!(worker.fetch(&key("late")).await.is_err(), "remembered");
+    up.set_collection(&[("late", 7)]);
+    worker.refresh_all().await.expect("bulk load");
+    assert_eq!(worker.peek("late").as_deref(), Some(&7));
+    // The next bulk load leaves it out (no invalidate, which would forget it anyway): a read
+    // now goes upstream, because the insert of the first bulk load forgot it was missing.
+    up.set_collection(&[]);
+    worker.refresh_all().await.expect("bulk load");
+    assert_eq!(worker.peek("late"), None);
+    up.set("late", Reply::Value(8));
+    assert_eq!(worker.fetch(&key("late")).await.ok().as_deref(), Some(&8));
+    assert_eq!(up.loads_of("late"), 2);
+    worker.shutdown().await.expect("shutdown");
+}
+
 #[tokio::test]
 async fn missing_keys_take_at_most_a_tenth_of_the_bound() {
     let _shared = MEASURING.read().await;
