@@ -30,10 +30,13 @@ mod cluster;
 
 #[path = "report/bound.rs"]
 mod bound;
+
 /// The tests' `redis-server` harness, reused.
 #[allow(dead_code, unreachable_pub)]
 #[path = "../tests/common/redis.rs"]
 mod redis_server;
+#[path = "report/writes.rs"]
+mod writes;
 
 /// About the shape of a Vista session: a few strings and numbers (~70 bytes encoded).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -1008,6 +1011,10 @@ fn main() {
         eprintln!("the version log's cost on a write…");
         sync::log_cost(&mut rows, &rt, small);
     }
+    if run("writes") {
+        eprintln!("the write path…");
+        writes::writes(&mut rows, &rt, small);
+    }
     if run("bound") {
         eprintln!("the memory bound…");
         bound::bound(&mut rows, &rt, small);
@@ -1095,7 +1102,7 @@ const NOTES: &str = "
   the same `Arc`s; the warm start with one bare `HGETALL` of the same entries; the leader's
   10k changes (until Redis's version is the last one's) with 10k pipelined `SET`s of one
   encoded session.
-- `CACHE_WORKER_BENCH_ONLY=dumps` (or `memory`, `reads`, `scaling`, `coalescing`, `refresh`, `sync`, `log`, `cluster`)
+- `CACHE_WORKER_BENCH_ONLY=dumps` (or `memory`, `reads`, `scaling`, `coalescing`, `refresh`, `sync`, `log`, `writes`, `bound`, `cluster`)
   runs one section and prints its rows without writing this file;
   `CACHE_WORKER_BENCH_SCALE=0.5` halves the large sets.
 

@@ -3,7 +3,11 @@
 //! Readers load the current map through an [`ArcSwap`] and look up one key: no lock is shared
 //! between readers, and a bulk reload swaps the map in one step, so readers see the old or the
 //! new collection, never a mix. Writers share a gate that a bulk swap takes alone, so no write
-//! lands in a map that is being replaced.
+//! lands in a map that is being replaced; the gate is striped by thread, so that writers on
+//! different threads share no cache line in it.
+//!
+//! Every write reports what it did to a [`Record`] while it still holds its key's lock: what
+//! is recorded of the writes of one key (their versions, their events) follows their order.
 //!
 //! An entry past its expiry is gone for readers at once, whether or not the refresher's timer
 //! has removed it yet: reads skip it, and a write to its key reports the expiry first.
@@ -12,13 +16,14 @@ use std::borrow::Borrow;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, Hash};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
 
 use arc_swap::ArcSwap;
+use crossbeam_utils::CachePadded;
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry as MapEntry;
 use dashmap::mapref::multiple::RefMulti;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::bound::{Bound, Evicted, Meta};
 use crate::clock::Clock;
@@ -36,6 +41,41 @@ pub(crate) const NEVER: u64 = u64::MAX;
 
 /// How many entries ahead of the one it copies [`Bucket::keys`] prefetches a key.
 const KEYS_AHEAD: usize = 8;
+
+/// How many stripes the writers' gate has: a thread takes the one of its counter stripe.
+const GATE_STRIPES: usize = 16;
+
+/// What the bucket's writes report, each while it holds the lock of its key: so what is
+/// recorded follows the order of the writes of each key. A bulk swap reports its changes
+/// with the gate held alone, so no single write is recorded among them.
+pub(crate) trait Record<K, V> {
+    /// `value` was stored for `key`; `change` is what that did.
+    fn stored(&self, key: &K, value: &Arc<V>, change: &Change<V>);
+    /// `key`'s entry, holding `value`, is removed for `cause`.
+    fn removed(&self, key: &K, value: &Arc<V>, cause: RemovalCause);
+}
+
+/// The gate writers share and a bulk swap takes alone: one lock per stripe; a writer takes
+/// its thread's, a swap every one (in order, so two swaps do not deadlock).
+struct Gate([CachePadded<RwLock<()>>; GATE_STRIPES]);
+
+impl Gate {
+    fn new() -> Self {
+        Gate(std::array::from_fn(|_| CachePadded::new(RwLock::new(()))))
+    }
+
+    #[inline]
+    fn shared(&self) -> RwLockReadGuard<'_, ()> {
+        self.0[crate::stats::stripe() % GATE_STRIPES].read()
+    }
+
+    fn exclusive(&self) -> [RwLockWriteGuard<'_, ()>; GATE_STRIPES] {
+        std::array::from_fn(|i| self.0[i].write())
+    }
+}
+
+/// Every write of a bucket held off, until it is dropped (see [`Bucket::hold_writes`]).
+pub(crate) struct WritesHeld<'a>(#[allow(dead_code)] [RwLockWriteGuard<'a, ()>; GATE_STRIPES]);
 
 /// One value and when it was loaded (milliseconds since the Unix epoch, from the worker's clock).
 pub(crate) struct Entry<V> {
@@ -114,7 +154,7 @@ impl<K, V> Drop for BulkLoad<'_, K, V> {
 
 pub(crate) struct Bucket<K, V> {
     map: ArcSwap<Map<K, V>>,
-    writers: RwLock<()>,
+    writers: Gate,
     clock: Clock,
     /// Writes so far; each one stamps what it stores with the next number.
     writes: AtomicU64,
@@ -136,7 +176,7 @@ impl<K: Eq + Hash + Clone, V: PartialEq> Bucket<K, V> {
         Bucket {
             bound: max_entries.map(Bound::new),
             map: ArcSwap::from_pointee(Map::with_hasher(Hasher::default())),
-            writers: RwLock::new(()),
+            writers: Gate::new(),
             clock,
             writes: AtomicU64::new(0),
             bulk_loads: AtomicUsize::new(0),
@@ -166,13 +206,19 @@ impl<K: Eq + Hash + Clone, V: PartialEq> Bucket<K, V> {
     }
 
     /// Replaces the contents without a diff (restoring a dump before anyone reads, or a
-    /// follower's copy from its shared store).
-    pub(crate) fn restore(&self, map: Map<K, V>) {
-        let _gate = self.writers.write();
+    /// follower's copy from its shared store), and runs `then` before any write can follow.
+    pub(crate) fn restore(&self, map: Map<K, V>, then: impl FnOnce()) {
+        let _gate = self.writers.exclusive();
         if let Some(bound) = &self.bound {
             bound.rebuild(&map, self.stamp(), |_| true);
         }
         self.map.store(Arc::new(map));
+        then();
+    }
+
+    /// Holds every write off while it lives (readers go on).
+    pub(crate) fn hold_writes(&self) -> WritesHeld<'_> {
+        WritesHeld(self.writers.exclusive())
     }
 
     /// The bound, if the bucket has one.
@@ -182,11 +228,16 @@ impl<K: Eq + Hash + Clone, V: PartialEq> Bucket<K, V> {
 
     /// Evicts one entry if the bucket holds more than its bound less `reserve` (see
     /// [`Bound::evict`]).
-    pub(crate) fn evict_one(&self, reserve: usize, now: u64) -> Option<Evicted<K, V>> {
+    pub(crate) fn evict_one(
+        &self,
+        reserve: usize,
+        now: u64,
+        record: &impl Record<K, V>,
+    ) -> Option<Evicted<K, V>> {
         let bound = self.bound.as_ref()?;
-        let _gate = self.writers.read();
+        let _gate = self.writers.shared();
         let map = self.map.load();
-        let evicted = bound.evict(&map, reserve, now)?;
+        let evicted = bound.evict(&map, reserve, now, record)?;
         self.note_removal(&evicted.0);
         Some(evicted)
     }
@@ -311,22 +362,31 @@ impl<K: Eq + Hash + Clone, V: PartialEq> Bucket<K, V> {
     }
 
     /// Inserts or replaces; an equal value keeps the stored `Arc` and only moves the load time.
-    pub(crate) fn store(&self, key: K, mut entry: Entry<V>) -> Change<V> {
-        let _gate = self.writers.read();
+    pub(crate) fn store(
+        &self,
+        key: K,
+        mut entry: Entry<V>,
+        record: &impl Record<K, V>,
+    ) -> Change<V> {
+        let _gate = self.writers.shared();
         let map = self.map.load();
         let queued = self.for_bound(&key);
         let stamp = self.stamp();
         entry.stamp = stamp;
-        let change = match map.entry(key) {
-            MapEntry::Occupied(mut o) => return Self::replace(o.get_mut(), entry),
+        match map.entry(key) {
+            MapEntry::Occupied(mut o) => {
+                let change = Self::replace(o.get_mut(), entry);
+                record.stored(o.key(), &o.get().value, &change);
+                return change;
+            }
             MapEntry::Vacant(v) => {
                 entry.meta = Meta::admitted(stamp);
-                v.insert(entry);
-                Change::Inserted
+                let stored = v.insert(entry);
+                record.stored(stored.key(), &stored.value, &Change::Inserted);
             }
-        };
+        }
         self.admit(queued, stamp, &map);
-        change
+        Change::Inserted
     }
 
     /// Like [`store`](Self::store), but only if the key's entry is still the one of write
@@ -338,45 +398,83 @@ impl<K: Eq + Hash + Clone, V: PartialEq> Bucket<K, V> {
         key: &K,
         mut entry: Entry<V>,
         basis: u64,
+        record: &impl Record<K, V>,
     ) -> Option<Change<V>> {
-        let _gate = self.writers.read();
+        let _gate = self.writers.shared();
         let map = self.map.load();
         let mut slot = map.get_mut(key)?;
         if slot.stamp != basis || slot.expired(entry.loaded_at) {
             return None;
         }
         entry.stamp = self.stamp();
-        Some(Self::replace(&mut slot, entry))
+        let change = Self::replace(&mut slot, entry);
+        record.stored(slot.key(), &slot.value, &change);
+        Some(change)
     }
 
-    /// Inserts only if the key is absent (or past its expiry): a load that began on a miss must
-    /// not overwrite a value written while it ran.
-    pub(crate) fn store_vacant(&self, key: K, mut entry: Entry<V>) -> Option<Change<V>> {
-        let _gate = self.writers.read();
+    /// Inserts only if the key is absent (or past its expiry) and `stale` is not set when its
+    /// lock is taken: a load that began on a miss must not overwrite a value written while it
+    /// ran, nor store after an invalidate of its key (which sets `stale` before it removes).
+    pub(crate) fn store_vacant(
+        &self,
+        key: K,
+        mut entry: Entry<V>,
+        stale: &AtomicBool,
+        record: &impl Record<K, V>,
+    ) -> Option<Change<V>> {
+        let _gate = self.writers.shared();
         let map = self.map.load();
         let queued = self.for_bound(&key);
-        let change = match map.entry(key) {
+        let slot = map.entry(key);
+        if stale.load(SeqCst) {
+            return None;
+        }
+        let stamp = match slot {
             MapEntry::Occupied(mut o) if o.get().expired(entry.loaded_at) => {
                 entry.stamp = self.stamp();
-                return Some(Self::replace(o.get_mut(), entry));
+                let change = Self::replace(o.get_mut(), entry);
+                record.stored(o.key(), &o.get().value, &change);
+                return Some(change);
             }
             MapEntry::Occupied(_) => return None,
             MapEntry::Vacant(v) => {
                 entry.stamp = self.stamp();
                 entry.meta = Meta::admitted(entry.stamp);
                 let stamp = entry.stamp;
-                v.insert(entry);
-                (Change::Inserted, stamp)
+                let stored = v.insert(entry);
+                record.stored(stored.key(), &stored.value, &Change::Inserted);
+                stamp
             }
         };
-        self.admit(queued, change.1, &map);
-        Some(change.0)
+        self.admit(queued, stamp, &map);
+        Some(Change::Inserted)
+    }
+
+    /// Runs `then` with the key's lock held if the key is absent or past its expiry at `now`:
+    /// no write of the key comes between what it finds and what `then` does.
+    pub(crate) fn if_vacant(&self, key: K, now: u64, then: impl FnOnce(K)) {
+        let map = self.map.load();
+        match map.entry(key) {
+            MapEntry::Occupied(o) if o.get().expired(now) => then(o.key().clone()),
+            MapEntry::Occupied(_) => {}
+            MapEntry::Vacant(v) => then(v.into_key()),
+        }
     }
 
     /// Removes the entry if it is still the one of write `basis` and has not expired by `now`
     /// (see [`store_existing`](Self::store_existing)).
-    pub(crate) fn remove_same(&self, key: &K, basis: u64, now: u64) -> Option<(K, Entry<V>)> {
-        self.remove_if(key, |e| e.stamp == basis && !e.expired(now))
+    pub(crate) fn remove_same(
+        &self,
+        key: &K,
+        basis: u64,
+        now: u64,
+        record: &impl Record<K, V>,
+    ) -> Option<(K, Entry<V>)> {
+        self.remove_if(
+            key,
+            |e| (e.stamp == basis && !e.expired(now)).then_some(RemovalCause::Gone),
+            record,
+        )
     }
 
     /// Replaces the entry in `slot` (its stamp already set): an expired one is reported as
@@ -397,30 +495,60 @@ impl<K: Eq + Hash + Clone, V: PartialEq> Bucket<K, V> {
         }
     }
 
-    /// Removes the key whatever it holds (an invalidate). Noted for a bulk load in flight even
-    /// when the key is absent: the load may have read it before the change the invalidate
-    /// announces.
-    pub(crate) fn remove<Q>(&self, key: &Q) -> Option<(K, Entry<V>)>
+    /// Removes the key whatever it holds (an invalidate), for the cause `cause` gives its
+    /// entry. Noted for a bulk load in flight even when the key is absent: the load may have
+    /// read it before the change the invalidate announces.
+    pub(crate) fn remove<Q>(
+        &self,
+        key: &Q,
+        cause: impl FnOnce(&Entry<V>) -> RemovalCause,
+        record: &impl Record<K, V>,
+    ) -> Option<(K, Entry<V>)>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let _gate = self.writers.read();
+        let _gate = self.writers.shared();
         let map = self.map.load();
-        let removed = self.forget(map.remove(key));
+        let removed = self.forget(map.remove_if(key, |k, e| {
+            record.removed(k, &e.value, cause(e));
+            true
+        }));
         self.note_removal(key);
         removed
     }
 
     /// Removes the entry if its expiry is at or before `now`.
-    pub(crate) fn remove_expired(&self, key: &K, now: u64) -> Option<Entry<V>> {
-        self.remove_if(key, |e| e.expired(now)).map(|(_, e)| e)
+    pub(crate) fn remove_expired(
+        &self,
+        key: &K,
+        now: u64,
+        record: &impl Record<K, V>,
+    ) -> Option<Entry<V>> {
+        self.remove_if(
+            key,
+            |e| e.expired(now).then_some(RemovalCause::Expired),
+            record,
+        )
+        .map(|(_, e)| e)
     }
 
-    fn remove_if(&self, key: &K, keep: impl FnOnce(&Entry<V>) -> bool) -> Option<(K, Entry<V>)> {
-        let _gate = self.writers.read();
+    /// Removes the entry if `cause` gives it a cause.
+    fn remove_if(
+        &self,
+        key: &K,
+        cause: impl FnOnce(&Entry<V>) -> Option<RemovalCause>,
+        record: &impl Record<K, V>,
+    ) -> Option<(K, Entry<V>)> {
+        let _gate = self.writers.shared();
         let map = self.map.load();
-        let removed = self.forget(map.remove_if(key, |_, e| keep(e)))?;
+        let removed = self.forget(map.remove_if(key, |k, e| match cause(e) {
+            Some(cause) => {
+                record.removed(k, &e.value, cause);
+                true
+            }
+            None => false,
+        }))?;
         self.note_removal(key);
         Some(removed)
     }
@@ -440,13 +568,15 @@ impl<K: Eq + Hash + Clone, V: PartialEq> Bucket<K, V> {
     ///
     /// A key written or removed after the load began keeps what that write made: the
     /// collection is older than it. Entries past their expiry at `now` are reported expired.
+    /// Every change is reported to `record` before any other write can follow.
     pub(crate) fn replace_all(
         &self,
         load: BulkLoad<'_, K, V>,
         entries: Vec<(K, Entry<V>)>,
         now: u64,
+        record: &impl Record<K, V>,
     ) -> Diff<K, V> {
-        let gate = self.writers.write();
+        let gate = self.writers.exclusive();
         let began = load.began;
         let old = self.map.load_full();
         let removals = self.removals.lock();
@@ -526,6 +656,12 @@ impl<K: Eq + Hash + Clone, V: PartialEq> Bucket<K, V> {
             bound.rebuild(&new, stamp, |key| old.contains_key(key));
         }
         self.map.store(Arc::new(new));
+        for (key, value, change) in &changes {
+            record.stored(key, value, change);
+        }
+        for (key, value, cause) in &removed {
+            record.removed(key, value, *cause);
+        }
         drop(gate);
         drop(load);
         Diff { changes, removed }

@@ -42,7 +42,7 @@ pub(crate) async fn write<W: CacheWorker>(inner: &Arc<Inner<W>>) -> Result<(), E
     let target = path.clone();
     let versions = inner.clone();
     let version_now = move || {
-        let version = versions.write_order.lock().version();
+        let version = versions.log().version();
         DumpVersion {
             version,
             exact: version == before,
@@ -377,7 +377,7 @@ pub(crate) async fn restore<W: CacheWorker>(inner: &Inner<W>) -> StartKind {
         Ok(read) => {
             let restored = read.map.len();
             let expired = read.expired;
-            inner.bucket.restore(read.map);
+            inner.bucket.restore(read.map, || {});
             continue_versions(inner, read.version, read.expired_entries);
             if restored == 0 {
                 ColdStart::NoLiveEntries { expired }
@@ -442,11 +442,11 @@ pub(crate) fn continue_versions<W: CacheWorker>(
     expired: Vec<(Key<W>, Arc<Value<W>>)>,
 ) {
     let now = inner.clock.now_ms();
-    let mut log = inner.write_order.lock();
+    let mut log = inner.log();
     log.restored(dumped.version, dumped.exact);
     if dumped.exact {
         for (key, value) in expired {
-            log.append(&key, None, Some(value), now);
+            let _ = log.append(&key, None, Some(value), now);
         }
     }
 }

@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use futures_core::Stream;
@@ -154,6 +154,18 @@ pub(crate) struct Events<K, V> {
     sender: broadcast::Sender<Numbered<K, V>>,
     sent: Arc<AtomicU64>,
     capacity: usize,
+    /// How many subscriptions are open: what a write reads to know whether anyone listens.
+    /// tokio's `receiver_count` takes the channel's lock, which every write would then take.
+    listening: Arc<AtomicUsize>,
+}
+
+/// One open subscription, counted in [`Events::listening`] for as long as its stream lives.
+struct Listening(Arc<AtomicUsize>);
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl<K: Clone + Send + 'static, V: Send + Sync + 'static> Events<K, V> {
@@ -164,21 +176,32 @@ impl<K: Clone + Send + 'static, V: Send + Sync + 'static> Events<K, V> {
             sender,
             sent: Arc::new(AtomicU64::new(0)),
             capacity,
+            listening: Arc::default(),
         }
     }
 
     /// Sends an event if anyone listens; building it costs nothing otherwise. Called with the
-    /// worker's write order held, so that numbers follow the order of sending.
+    /// worker's version log held, so that numbers follow the order of sending.
     pub(crate) fn send(&self, event: impl FnOnce() -> Event<K, V>) {
-        if self.sender.receiver_count() > 0 {
+        // Counted before the channel subscribes it: a write that finds no one misses no
+        // subscription that was already made.
+        if self.listening.load(Ordering::SeqCst) > 0 {
             let number = self.sent.fetch_add(1, Ordering::AcqRel);
             let _ = self.sender.send((number, event()));
         }
     }
 
+    /// Whether any subscription is open.
+    pub(crate) fn listening(&self) -> bool {
+        self.listening.load(Ordering::SeqCst) > 0
+    }
+
     pub(crate) fn subscribe(&self, closed: CancellationToken) -> EventStream<K, V> {
+        self.listening.fetch_add(1, Ordering::SeqCst);
+        let listening = Listening(self.listening.clone());
         EventStream {
             attach: None,
+            _listening: Some(listening),
             inner: Some(BroadcastStream::new(self.sender.subscribe())),
             closed: Some(Box::pin(closed.cancelled_owned())),
             sent: self.sent.clone(),
@@ -198,6 +221,8 @@ impl<K: Clone + Send + 'static, V: Send + Sync + 'static> Events<K, V> {
 pub struct EventStream<K, V> {
     /// A subscription made before its worker started: the stream it becomes once it has.
     attach: Option<oneshot::Receiver<EventStream<K, V>>>,
+    /// Counts this stream as listening until it is dropped.
+    _listening: Option<Listening>,
     inner: Option<BroadcastStream<Numbered<K, V>>>,
     /// Ready once the worker has shut down: the stream ends when it has nothing queued.
     closed: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
@@ -223,6 +248,7 @@ impl<K: Clone + Send + 'static, V: Send + Sync + 'static> EventStream<K, V> {
     pub(crate) fn ended() -> Self {
         EventStream {
             attach: None,
+            _listening: None,
             inner: None,
             closed: None,
             sent: Arc::default(),

@@ -75,7 +75,7 @@ struct Alive {
     cancel: CancellationToken,
     dump_file_lock: Arc<parking_lot::Mutex<Option<std::fs::File>>>,
     /// The bucket's version: a worker started after this one in the process starts after it.
-    version: Arc<std::sync::atomic::AtomicU64>,
+    version: Arc<crossbeam_utils::CachePadded<std::sync::atomic::AtomicU64>>,
 }
 
 impl Drop for Alive {
@@ -231,7 +231,7 @@ impl<W: CacheWorker> Worker<W> {
     /// A stream of the bucket's changes from now on. See [`EventStream`] for what a
     /// subscriber that falls behind gets.
     pub fn subscribe(&self) -> EventStream<W::Key, W::Value> {
-        self.inner.events.subscribe(self.inner.closed.clone())
+        self.inner.subscribe()
     }
 
     /// The bucket's version: it moves by one with every change (every `Inserted`, `Updated`
@@ -691,7 +691,7 @@ impl<W: CacheWorker> Builder<W> {
         let alive = Arc::new(Alive {
             cancel: inner.cancel.clone(),
             dump_file_lock: inner.dump_file_lock.clone(),
-            version: inner.version.clone(),
+            version: inner.log.taken_handle(),
         });
         Ok(Worker {
             inner,

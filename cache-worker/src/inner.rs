@@ -4,7 +4,7 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -14,15 +14,15 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::bound::absent::Absent;
-use crate::bucket::{Bucket, Change, Entry, Hasher, NEVER};
+use crate::bucket::{Bucket, Change, Entry, Hasher, NEVER, Record};
 use crate::clock::{Clock, add_ms};
 use crate::config::Settings;
-use crate::events::{Event, Events, RemovalCause};
+use crate::events::{Event, EventStream, Events, RemovalCause};
 use crate::refresh::Command;
-use crate::stats::{Counters, bump};
+use crate::stats::Counters;
 use crate::store::DynStore;
 use crate::store::persist::{self, Persisting};
-use crate::versions::log::ChangeLog;
+use crate::versions::log::{ChangeLog, Displaced, Record as LogRecord, VersionLog};
 use crate::{CacheWorker, FetchError};
 
 pub(crate) type Key<W> = <W as CacheWorker>::Key;
@@ -59,12 +59,15 @@ pub(crate) struct Inner<W: CacheWorker> {
     pub(crate) cancel: CancellationToken,
     /// The spawned loads, so that shutdown can wait for them.
     pub(crate) loads: TaskTracker,
-    /// The version log, and the write order: held from a change to the bucket until it is
-    /// versioned, logged and its event sent, so that versions, the log and the events follow
-    /// the order the changes were made in.
-    pub(crate) write_order: parking_lot::Mutex<ChangeLog<Key<W>, Value<W>>>,
-    /// The current version, readable without `write_order`.
-    pub(crate) version: Arc<AtomicU64>,
+    /// The version log. A write takes its change's version and queues it while it still holds
+    /// its key's lock (see [`Recorder`]); whoever locks the log next moves the queued changes
+    /// in and sends their events, in version order (see [`log`](Self::log)): so versions, the
+    /// log and the events follow one order, which is that of each key's writes. Whoever holds
+    /// its lock takes no lock of the bucket.
+    pub(crate) log: VersionLog<Key<W>, Value<W>>,
+    /// Orders an invalidate against a load that found its key absent (`not_found_ttl`): the
+    /// key is remembered as absent before the invalidate or not at all.
+    absent_order: parking_lot::Mutex<()>,
     /// Set by every change, cleared by the dump writer.
     pub(crate) dirty: AtomicBool,
     pub(crate) dump_wanted: Notify,
@@ -133,8 +136,8 @@ impl<W: CacheWorker> Inner<W> {
             running: AtomicBool::new(false),
             cancel: CancellationToken::new(),
             loads: TaskTracker::new(),
-            version: log.published(),
-            write_order: parking_lot::Mutex::new(log),
+            log: VersionLog::new(log),
+            absent_order: parking_lot::Mutex::new(()),
             dirty: AtomicBool::new(false),
             dump_wanted: Notify::new(),
             dump_lock: tokio::sync::Mutex::new(()),
@@ -177,6 +180,16 @@ impl<W: CacheWorker> Inner<W> {
         }
     }
 
+    /// Records the writes made at `at` (ms) from `source`: what a write of the bucket reports
+    /// to while it holds its key's lock.
+    pub(crate) fn recorder(&self, at: u64, source: Source) -> Recorder<'_, W> {
+        Recorder {
+            inner: self,
+            at,
+            source,
+        }
+    }
+
     /// Stores a value (inserting the key if needed) and reports the change.
     pub(crate) fn store(&self, key: Key<W>, value: Arc<Value<W>>, source: Source) {
         #[cfg(feature = "redis")]
@@ -186,15 +199,14 @@ impl<W: CacheWorker> Inner<W> {
         }
         let entry = self.entry_now(&key, value.clone());
         let at = entry.loaded_at;
-        let mut order = self.write_order.lock();
-        let change = self.bucket.store(key.clone(), entry);
-        let inserted = matches!(change, Change::Inserted);
-        self.after_change(&mut order, at, key.clone(), value.clone(), change, source);
-        if inserted {
-            self.evict_over_bound(&mut order, at);
+        let schedule = self.timed(&key, &value).then(|| key.clone());
+        let change = self.bucket.store(key, entry, &self.recorder(at, source));
+        if matches!(change, Change::Inserted) {
+            self.evict_over_bound(at);
         }
-        drop(order);
-        self.schedule(&key, &value);
+        if let Some(key) = schedule {
+            self.schedule(key);
+        }
     }
 
     /// Stores a value loaded on a miss, unless the key got a value or was invalidated while it
@@ -202,34 +214,24 @@ impl<W: CacheWorker> Inner<W> {
     pub(crate) fn store_loaded(&self, key: Key<W>, value: Arc<Value<W>>, stale: &AtomicBool) {
         #[cfg(feature = "redis")]
         if let Some(link) = self.follower() {
-            if !stale.load(Ordering::Relaxed) {
+            if !stale.load(Ordering::SeqCst) {
                 link.forward(crate::store::shared::Forward::Loaded { key, value });
             }
             return;
         }
         let entry = self.entry_now(&key, value.clone());
         let at = entry.loaded_at;
-        let mut order = self.write_order.lock();
-        if stale.load(Ordering::Relaxed) {
-            return;
-        }
-        let Some(change) = self.bucket.store_vacant(key.clone(), entry) else {
+        let schedule = self.timed(&key, &value).then(|| key.clone());
+        let recorder = self.recorder(at, Source::Load);
+        let Some(change) = self.bucket.store_vacant(key, entry, stale, &recorder) else {
             return;
         };
-        let inserted = matches!(change, Change::Inserted);
-        self.after_change(
-            &mut order,
-            at,
-            key.clone(),
-            value.clone(),
-            change,
-            Source::Load,
-        );
-        if inserted {
-            self.evict_over_bound(&mut order, at);
+        if matches!(change, Change::Inserted) {
+            self.evict_over_bound(at);
         }
-        drop(order);
-        self.schedule(&key, &value);
+        if let Some(key) = schedule {
+            self.schedule(key);
+        }
     }
 
     /// Stores a reloaded value only if the key still holds the entry of write `basis`, the one
@@ -242,124 +244,124 @@ impl<W: CacheWorker> Inner<W> {
     ) -> Option<bool> {
         let entry = self.entry_now(&key, value.clone());
         let at = entry.loaded_at;
-        let mut order = self.write_order.lock();
-        let change = self.bucket.store_existing(&key, entry, basis)?;
-        let changed = !matches!(change, Change::Unchanged);
-        self.after_change(
-            &mut order,
-            at,
-            key.clone(),
-            value.clone(),
-            change,
-            Source::Refresh,
-        );
-        drop(order);
-        self.schedule(&key, &value);
-        Some(changed)
+        let recorder = self.recorder(at, Source::Refresh);
+        let change = self.bucket.store_existing(&key, entry, basis, &recorder)?;
+        if self.timed(&key, &value) {
+            self.schedule(key);
+        }
+        Some(!matches!(change, Change::Unchanged))
     }
 
     /// Removes a key a reload found gone upstream, unless it was written meanwhile.
     pub(crate) fn remove_reloaded(&self, key: &Key<W>, basis: u64) -> bool {
         let now = self.clock.now_ms();
-        let mut order = self.write_order.lock();
-        let Some((key, entry)) = self.bucket.remove_same(key, basis, now) else {
-            return false;
-        };
-        self.after_remove(&mut order, now, key, entry.value, RemovalCause::Gone);
-        true
+        let recorder = self.recorder(now, Source::Refresh);
+        self.bucket
+            .remove_same(key, basis, now, &recorder)
+            .is_some()
     }
 
     /// Removes the key if its expiry is at or before `now`.
     pub(crate) fn remove_expired(&self, key: &Key<W>, now: u64) -> bool {
-        let mut order = self.write_order.lock();
-        let Some(entry) = self.bucket.remove_expired(key, now) else {
-            return false;
-        };
-        self.after_remove(
-            &mut order,
-            now,
-            key.clone(),
-            entry.value,
-            RemovalCause::Expired,
-        );
-        true
+        let recorder = self.recorder(now, Source::Refresh);
+        self.bucket.remove_expired(key, now, &recorder).is_some()
     }
 
-    /// Counts, traces, marks the dump dirty, versions and logs one change (made at `at`, ms)
-    /// and emits its event. Called with `write_order` held (`log` is what it guards); the
-    /// caller then calls [`schedule`](Self::schedule) without it.
-    pub(crate) fn after_change(
-        &self,
-        log: &mut ChangeLog<Key<W>, Value<W>>,
-        at: u64,
-        key: Key<W>,
-        value: Arc<Value<W>>,
-        change: Change<Value<W>>,
-        source: Source,
-    ) {
+    /// Counts and traces a change of `key`, and forgets the key as absent if it is in the
+    /// bucket now: what a change costs before the log. Called with the key's lock held; the
+    /// dump and the store are marked dirty once the change has its version.
+    pub(crate) fn count_stored(&self, key: &Key<W>, change: &Change<Value<W>>, source: Source) {
         let bucket = self.bucket_name();
         match change {
             Change::Unchanged => {
-                bump(&self.stats.unchanged);
+                self.stats.unchanged.incr();
                 tracing::debug!(bucket, key = ?key, ?source, "{bucket}.unchanged");
             }
-            Change::Inserted => {
-                bump(&self.stats.inserted);
+            Change::Updated { .. } => {
+                self.stats.updated.incr();
+                tracing::debug!(bucket, key = ?key, ?source, "{bucket}.updated");
+            }
+            Change::Inserted | Change::AfterExpiry { .. } => {
+                if let Change::AfterExpiry { .. } = change {
+                    self.count_removed(key, RemovalCause::Expired);
+                }
+                self.stats.inserted.incr();
                 if let Some(absent) = &self.absent {
-                    absent.forget(&key);
+                    absent.forget(key);
                 }
                 tracing::debug!(bucket, key = ?key, ?source, "{bucket}.inserted");
-                self.mark_dirty();
-                let version = log.append(&key, Some(value.clone()), None, at);
-                self.emit(|| Event::Inserted {
-                    key,
-                    value,
-                    version,
-                });
-            }
-            Change::Updated { previous } => {
-                bump(&self.stats.updated);
-                tracing::debug!(bucket, key = ?key, ?source, "{bucket}.updated");
-                self.mark_dirty();
-                let version = log.append(&key, Some(value.clone()), Some(previous.clone()), at);
-                self.emit(|| Event::Updated {
-                    key,
-                    value,
-                    previous,
-                    version,
-                });
-            }
-            Change::AfterExpiry { expired } => {
-                self.after_remove(log, at, key.clone(), expired, RemovalCause::Expired);
-                self.after_change(log, at, key, value, Change::Inserted, source);
             }
         }
     }
 
-    /// Reports, versions and logs the removal of an entry (see [`after_change`](Self::after_change)).
-    pub(crate) fn after_remove(
+    /// Logs a change of `key` to `value` made at `at` (ms) at the log's next version, and emits
+    /// its event (an expiry first, for [`Change::AfterExpiry`]; nothing for
+    /// [`Change::Unchanged`]): a follower's record of its leader's change, with the key's lock
+    /// and the log held (see [`ChangeLog::append`]).
+    pub(crate) fn log_stored(
         &self,
         log: &mut ChangeLog<Key<W>, Value<W>>,
         at: u64,
-        key: Key<W>,
-        value: Arc<Value<W>>,
-        cause: RemovalCause,
-    ) {
+        key: &Key<W>,
+        value: &Arc<Value<W>>,
+        change: &Change<Value<W>>,
+    ) -> [Displaced<Key<W>, Value<W>>; 2] {
+        let mut expired_displaced = Displaced::none();
+        let previous = match change {
+            Change::Unchanged => return [Displaced::none(), Displaced::none()],
+            Change::Inserted => None,
+            Change::Updated { previous } => Some(previous),
+            Change::AfterExpiry { expired } => {
+                expired_displaced = self.log_removed(log, at, key, expired, RemovalCause::Expired);
+                None
+            }
+        };
+        let (version, displaced) = log.append(key, Some(value.clone()), previous.cloned(), at);
+        self.emit(|| match previous {
+            None => Event::Inserted {
+                key: key.clone(),
+                value: value.clone(),
+                version,
+            },
+            Some(previous) => Event::Updated {
+                key: key.clone(),
+                value: value.clone(),
+                previous: previous.clone(),
+                version,
+            },
+        });
+        [displaced, expired_displaced]
+    }
+
+    /// Counts and traces the removal of `key` (see [`count_stored`](Self::count_stored)).
+    pub(crate) fn count_removed(&self, key: &Key<W>, cause: RemovalCause) {
         match cause {
-            RemovalCause::Expired => bump(&self.stats.expired),
-            RemovalCause::Evicted => bump(&self.stats.evicted),
-            _ => bump(&self.stats.removed),
+            RemovalCause::Expired => self.stats.expired.incr(),
+            RemovalCause::Evicted => self.stats.evicted.incr(),
+            _ => self.stats.removed.incr(),
         }
         let bucket = self.bucket_name();
         tracing::debug!(bucket, key = ?key, ?cause, "{bucket}.removed");
-        self.mark_dirty();
-        let version = log.append(&key, None, Some(value.clone()), at);
+    }
+
+    /// Versions and logs the removal of `key`, which held `value`, and emits its event (see
+    /// [`log_stored`](Self::log_stored)).
+    pub(crate) fn log_removed(
+        &self,
+        log: &mut ChangeLog<Key<W>, Value<W>>,
+        at: u64,
+        key: &Key<W>,
+        value: &Arc<Value<W>>,
+        cause: RemovalCause,
+    ) -> Displaced<Key<W>, Value<W>> {
+        let (version, displaced) = log.append(key, None, Some(value.clone()), at);
         self.emit(|| Event::Removed {
-            key,
+            key: key.clone(),
             cause,
-            value,
+            value: value.clone(),
             version,
         });
+        displaced
     }
 
     /// Removes the key, and detaches a load of it in flight: its waiters still get its value,
@@ -370,13 +372,16 @@ impl<W: CacheWorker> Inner<W> {
         Q: std::hash::Hash + Eq + ?Sized,
     {
         let now = self.clock.now_ms();
-        let mut order = self.write_order.lock();
-        if let Some((_, in_flight)) = self.flights.remove(key) {
-            // Read under `write_order` by the load before it stores.
-            in_flight.stale.store(true, Ordering::Relaxed);
-        }
-        if let Some(absent) = &self.absent {
-            absent.forget(key);
+        {
+            let _absent = self.absent.as_ref().map(|_| self.absent_order.lock());
+            if let Some((_, in_flight)) = self.flights.remove(key) {
+                // Set before the key's lock is taken below: a load that stores after it, under
+                // that lock, sees it.
+                in_flight.stale.store(true, Ordering::SeqCst);
+            }
+            if let Some(absent) = &self.absent {
+                absent.forget(key);
+            }
         }
         #[cfg(feature = "redis")]
         if let Some(link) = self.follower() {
@@ -385,38 +390,30 @@ impl<W: CacheWorker> Inner<W> {
             link.forward(crate::store::shared::Forward::Invalidate { key });
             return (!entry.expired(now)).then_some(entry.value);
         }
-        let (key, entry) = self.bucket.remove(key)?;
-        if entry.expired(now) {
-            // Gone already for readers: what it had is not handed back.
-            self.after_remove(&mut order, now, key, entry.value, RemovalCause::Expired);
-            return None;
-        }
-        self.after_remove(
-            &mut order,
-            now,
-            key,
-            entry.value.clone(),
-            RemovalCause::Invalidated,
-        );
-        Some(entry.value)
+        let cause = |entry: &Entry<Value<W>>| {
+            if entry.expired(now) {
+                RemovalCause::Expired
+            } else {
+                RemovalCause::Invalidated
+            }
+        };
+        let (_, entry) = self
+            .bucket
+            .remove(key, cause, &self.recorder(now, Source::Insert))?;
+        // Gone already for readers if it had expired: what it had is not handed back.
+        (!entry.expired(now)).then_some(entry.value)
     }
 
     /// Evicts entries while the bucket holds more than its bound (less the keys remembered as
     /// not found), each a removal with [`RemovalCause::Evicted`] (or `Expired`, for one past
-    /// its expiry). Called with `write_order` held (`log`) after a write that inserted.
-    pub(crate) fn evict_over_bound(&self, log: &mut ChangeLog<Key<W>, Value<W>>, now: u64) {
+    /// its expiry). Called after a write that inserted, with no lock held.
+    pub(crate) fn evict_over_bound(&self, now: u64) {
         if self.bucket.bound().is_none() {
             return;
         }
         let reserve = self.absent.as_ref().map_or(0, Absent::len);
-        while let Some((key, entry)) = self.bucket.evict_one(reserve, now) {
-            let cause = if entry.expired(now) {
-                RemovalCause::Expired
-            } else {
-                RemovalCause::Evicted
-            };
-            self.after_remove(log, now, key, entry.value, cause);
-        }
+        let recorder = self.recorder(now, Source::Insert);
+        while self.bucket.evict_one(reserve, now, &recorder).is_some() {}
     }
 
     /// Remembers a key the loader said does not exist, if `not_found_ttl` is set: it counts
@@ -426,32 +423,36 @@ impl<W: CacheWorker> Inner<W> {
             return;
         };
         let now = self.clock.now_ms();
-        let mut order = self.write_order.lock();
-        // Invalidated, or given a value, while it loaded: that is newer than what it said.
-        if stale.load(Ordering::Relaxed) || self.bucket.stamp_of(key).is_some() {
-            return;
+        {
+            let _order = self.absent_order.lock();
+            // Invalidated, or given a value, while it loaded: that is newer than what it said.
+            // Under the key's lock: a write of the key is before (and found) or after (and
+            // forgets it).
+            self.bucket.if_vacant(key.clone(), now, |key| {
+                if !stale.load(Ordering::SeqCst) {
+                    absent.remember(key, now);
+                }
+            });
         }
-        absent.remember(key.clone(), now);
-        self.evict_over_bound(&mut order, now);
+        self.evict_over_bound(now);
     }
 
     /// Evicts down to the bound after a start restored more than it.
     pub(crate) fn enforce_bound(&self) {
         if self.bucket.bound().is_some() && self.refreshes() {
-            let now = self.clock.now_ms();
-            let mut order = self.write_order.lock();
-            self.evict_over_bound(&mut order, now);
+            self.evict_over_bound(self.clock.now_ms());
         }
     }
 
+    /// Whether the entry has its own refresh interval or expiry: the refresher must know of it.
+    pub(crate) fn timed(&self, key: &Key<W>, value: &Value<W>) -> bool {
+        self.refresh_after(key, value).is_some() || self.expire_after(key, value).is_some()
+    }
+
     /// Tells the refresher about an entry with its own refresh interval or expiry.
-    pub(crate) fn schedule(&self, key: &Key<W>, value: &Value<W>) {
-        let timed =
-            self.refresh_after(key, value).is_some() || self.expire_after(key, value).is_some();
-        if timed {
-            // The refresher is gone only after shutdown, when schedules no longer matter.
-            let _ = self.commands.send(Command::Schedule(key.clone()));
-        }
+    pub(crate) fn schedule(&self, key: Key<W>) {
+        // The refresher is gone only after shutdown, when schedules no longer matter.
+        let _ = self.commands.send(Command::Schedule(key));
     }
 
     /// The worker's `refresh_after` hook; a panic in it is logged and means "no own interval".
@@ -480,7 +481,7 @@ impl<W: CacheWorker> Inner<W> {
     }
 
     /// Sends an event if anyone listens; building it costs nothing otherwise. Called with
-    /// `write_order` held.
+    /// `log` held.
     pub(crate) fn emit(&self, event: impl FnOnce() -> Event<Key<W>, Value<W>>) {
         self.events.send(event);
     }
@@ -492,9 +493,12 @@ impl<W: CacheWorker> Inner<W> {
         true
     }
 
+    /// Marks the dump (and the store) as behind the bucket. Called with the changed key's lock
+    /// held: the dump writer clears the mark before it reads the map, so a write that finds it
+    /// still set is one the dump will read (and leaves the cache line unwritten).
     pub(crate) fn mark_dirty(&self) {
-        if self.settings.file.is_some() {
-            self.dirty.store(true, Ordering::Release);
+        if self.settings.file.is_some() && !self.dirty.load(Ordering::SeqCst) {
+            self.dirty.store(true, Ordering::SeqCst);
             self.dump_wanted.notify_one();
         }
         if let Some(store) = &self.store {
@@ -505,5 +509,131 @@ impl<W: CacheWorker> Inner<W> {
             }
             store.mark_dirty();
         }
+    }
+}
+
+/// What a write reports to while it holds its key's lock: counts the change, then takes its
+/// version and queues it for the log (see [`VersionLog`]).
+pub(crate) struct Recorder<'a, W: CacheWorker> {
+    inner: &'a Inner<W>,
+    /// When the change was made (ms).
+    at: u64,
+    source: Source,
+}
+
+impl<W: CacheWorker> Recorder<'_, W> {
+    fn queue(
+        &self,
+        key: &Key<W>,
+        value: Option<Arc<Value<W>>>,
+        before: Option<Arc<Value<W>>>,
+        cause: Option<RemovalCause>,
+    ) {
+        let (version, queued) = self.inner.log.queue(key, value, before, self.at, cause);
+        // After the version is taken: a store's batch that finds the mark reads the log
+        // after it, so it has the change.
+        self.inner.mark_dirty();
+        self.inner.publish(version, queued);
+    }
+}
+
+impl<W: CacheWorker> Record<Key<W>, Value<W>> for Recorder<'_, W> {
+    fn stored(&self, key: &Key<W>, value: &Arc<Value<W>>, change: &Change<Value<W>>) {
+        self.inner.count_stored(key, change, self.source);
+        let previous = match change {
+            Change::Unchanged => return,
+            Change::Inserted => None,
+            Change::Updated { previous } => Some(previous.clone()),
+            Change::AfterExpiry { expired } => {
+                let expired = Some(expired.clone());
+                self.queue(key, None, expired, Some(RemovalCause::Expired));
+                None
+            }
+        };
+        self.queue(key, Some(value.clone()), previous, None);
+    }
+
+    fn removed(&self, key: &Key<W>, value: &Arc<Value<W>>, cause: RemovalCause) {
+        self.inner.count_removed(key, cause);
+        self.queue(key, None, Some(value.clone()), Some(cause));
+    }
+}
+
+impl<W: CacheWorker> Inner<W> {
+    /// The version log, once every change given a version before this call is in it and has
+    /// had its event sent: what every reader of the changes takes.
+    pub(crate) fn log(&self) -> parking_lot::MutexGuard<'_, ChangeLog<Key<W>, Value<W>>> {
+        self.log
+            .caught_up(|record, cause| self.emit_record(record, cause))
+    }
+
+    /// Moves the queued changes into the log after a write of `version` queued its own (its
+    /// stripe now holding `queued`): at once while anyone listens for events, so that they
+    /// get it before the write returns; otherwise in batches, whenever a stripe fills.
+    fn publish(&self, version: u64, queued: usize) {
+        // Read after the write queued its change: a subscriber that comes after this read
+        // moves it into the log itself (see `subscribe`).
+        if self.events.listening() {
+            let backoff = crossbeam_utils::Backoff::new();
+            while self.log.published() < version {
+                match self.log.try_lock() {
+                    Some(mut log) => self.absorb_unlock(&mut log),
+                    None => backoff.snooze(),
+                }
+            }
+        } else if let Some(wait) = VersionLog::<Key<W>, Value<W>>::due(queued) {
+            let log = if wait {
+                Some(self.log.lock())
+            } else {
+                self.log.try_lock()
+            };
+            if let Some(mut log) = log {
+                self.absorb_unlock(&mut log);
+            }
+        }
+    }
+
+    /// Moves the queued changes into the log, then lets it go, and drops what they pushed out.
+    fn absorb_unlock(&self, log: &mut parking_lot::MutexGuard<'_, ChangeLog<Key<W>, Value<W>>>) {
+        let displaced = self
+            .log
+            .absorb(log, |record, cause| self.emit_record(record, cause));
+        parking_lot::MutexGuard::unlocked(log, || drop(displaced));
+    }
+
+    /// Sends the event of a change the log takes in (none for a record without one: a
+    /// follower's record of a version with nothing to change).
+    fn emit_record(&self, record: &LogRecord<Key<W>, Value<W>>, cause: Option<RemovalCause>) {
+        let version = record.version;
+        match (&record.value, &record.before, cause) {
+            (Some(value), None, _) => self.emit(|| Event::Inserted {
+                key: record.key.clone(),
+                value: value.clone(),
+                version,
+            }),
+            (Some(value), Some(previous), _) => self.emit(|| Event::Updated {
+                key: record.key.clone(),
+                value: value.clone(),
+                previous: previous.clone(),
+                version,
+            }),
+            (None, Some(value), Some(cause)) => self.emit(|| Event::Removed {
+                key: record.key.clone(),
+                cause,
+                value: value.clone(),
+                version,
+            }),
+            _ => {}
+        }
+    }
+
+    /// A new subscription. A change queued before it is moved into the log (its event sent to
+    /// no one new) before it subscribes; one that a write queued while it subscribed, which
+    /// may have found no one listening, is moved in (and sent to it) right after.
+    pub(crate) fn subscribe(&self) -> EventStream<Key<W>, Value<W>> {
+        drop(self.log());
+        let stream = self.events.subscribe(self.closed.clone());
+        drop(self.log());
+        stream
     }
 }

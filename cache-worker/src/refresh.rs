@@ -385,8 +385,8 @@ impl<W: CacheWorker> Refresher<W> {
                 inner.bucket_name()
             );
             if !cycle.bulk_failed {
-                let order = inner.write_order.lock();
-                let version = order.version();
+                let log = inner.log();
+                let version = log.version();
                 inner.emit(|| Event::FullReload {
                     count: r.entries,
                     version,
@@ -573,30 +573,29 @@ fn replace_all<W: CacheWorker>(
         .filter(|(_, entry)| !entry.expired(entry.loaded_at))
         .collect();
     let now = inner.clock.now_ms();
-    let mut order = inner.write_order.lock();
-    let diff = inner.bucket.replace_all(bulk_load, entries, now);
-    let mut stored = Vec::with_capacity(diff.changes.len());
+    let diff = inner.bucket.replace_all(
+        bulk_load,
+        entries,
+        now,
+        &inner.recorder(now, Source::Refresh),
+    );
     for (key, value, change) in diff.changes {
         match change {
             Change::Inserted | Change::AfterExpiry { .. } => report.inserted += 1,
             Change::Updated { .. } => report.updated += 1,
             Change::Unchanged => report.unchanged += 1,
         }
-        stored.push((key.clone(), value.clone()));
-        inner.after_change(&mut order, now, key, value, change, Source::Refresh);
-    }
-    for (key, value, cause) in diff.removed {
-        if cause == RemovalCause::Gone {
-            report.removed += 1;
+        if inner.timed(&key, &value) {
+            inner.schedule(key);
         }
-        inner.after_remove(&mut order, now, key, value, cause);
     }
+    report.removed += diff
+        .removed
+        .iter()
+        .filter(|(_, _, cause)| *cause == RemovalCause::Gone)
+        .count();
     // A bulk load larger than the bound: the excess goes now, after the swap's own changes.
-    inner.evict_over_bound(&mut order, now);
-    drop(order);
-    for (key, value) in stored {
-        inner.schedule(&key, &value);
-    }
+    inner.evict_over_bound(now);
     Cycle {
         report,
         failed: Vec::new(),

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crossbeam_utils::CachePadded;
 
-const STRIPES: usize = 16;
+pub(crate) const STRIPES: usize = 16;
 
 /// A counter that many threads bump at once without sharing a cache line.
 #[derive(Default)]
@@ -23,8 +23,9 @@ impl Striped {
     }
 }
 
+/// This thread's stripe: threads take them in turn as they first ask.
 #[inline]
-fn stripe() -> usize {
+pub(crate) fn stripe() -> usize {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     thread_local! {
         static STRIPE: Cell<usize> = const { Cell::new(usize::MAX) };
@@ -52,11 +53,11 @@ pub(crate) struct Counters {
     pub(crate) coalesced: AtomicU64,
     pub(crate) refresh_cycles: AtomicU64,
     pub(crate) bulk_loads: AtomicU64,
-    pub(crate) inserted: AtomicU64,
-    pub(crate) updated: AtomicU64,
-    pub(crate) unchanged: AtomicU64,
-    pub(crate) removed: AtomicU64,
-    pub(crate) expired: AtomicU64,
+    pub(crate) inserted: Striped,
+    pub(crate) updated: Striped,
+    pub(crate) unchanged: Striped,
+    pub(crate) removed: Striped,
+    pub(crate) expired: Striped,
     pub(crate) refresh_failures: AtomicU64,
     pub(crate) refresher_restarts: AtomicU64,
     pub(crate) dump_writes: AtomicU64,
@@ -67,7 +68,7 @@ pub(crate) struct Counters {
     pub(crate) store_writes: AtomicU64,
     pub(crate) store_failures: AtomicU64,
     pub(crate) store_undecodable: AtomicU64,
-    pub(crate) evicted: AtomicU64,
+    pub(crate) evicted: Striped,
     pub(crate) not_found_hits: AtomicU64,
 }
 
@@ -90,11 +91,11 @@ impl Counters {
             coalesced: get(&self.coalesced),
             refresh_cycles: get(&self.refresh_cycles),
             bulk_loads: get(&self.bulk_loads),
-            inserted: get(&self.inserted),
-            updated: get(&self.updated),
-            unchanged: get(&self.unchanged),
-            removed: get(&self.removed),
-            expired: get(&self.expired),
+            inserted: self.inserted.sum(),
+            updated: self.updated.sum(),
+            unchanged: self.unchanged.sum(),
+            removed: self.removed.sum(),
+            expired: self.expired.sum(),
             refresh_failures: get(&self.refresh_failures),
             refresher_restarts: get(&self.refresher_restarts),
             dump_writes: get(&self.dump_writes),
@@ -105,7 +106,7 @@ impl Counters {
             store_writes: get(&self.store_writes),
             store_failures: get(&self.store_failures),
             store_undecodable: get(&self.store_undecodable),
-            evicted: get(&self.evicted),
+            evicted: self.evicted.sum(),
             not_found_hits: get(&self.not_found_hits),
         }
     }

@@ -288,9 +288,9 @@ impl CacheWorker for Trapped {
         if let Some(t) = sprung {
             // The hook only pins the moment: the write comes from another thread, as it would
             // from another task, and is given a bounded moment to land (the hook itself never
-            // writes to the worker, which its documentation forbids). A worker that holds its
-            // write order until the event is out makes the write wait instead, and it lands
-            // after: either way the events must replay to the bucket.
+            // writes to the worker, which its documentation forbids). A worker that holds a
+            // lock of the write until the event is out makes the write wait instead, and it
+            // lands after: either way the events must replay to the bucket.
             let worker = s.handle.get().expect("handle set").clone();
             let (wrote, written) = std::sync::mpsc::channel();
             std::thread::spawn(move || {

@@ -14,8 +14,9 @@
 //! - its hit ratio on web and Zipf traces is on par with W-TinyLFU's (the report bench
 //!   compares it with moka's on a Zipf(0.9) trace).
 //!
-//! Eviction runs on the writer that went over the bound, under the write order, so an evicted
-//! entry is a change like any other: versioned, logged, and sent as `Removed { cause: Evicted }`.
+//! Eviction runs on the writer that went over the bound, with the evicted key's lock held, so
+//! an evicted entry is a change like any other: versioned, logged, and sent as
+//! `Removed { cause: Evicted }`.
 
 pub(crate) mod absent;
 
@@ -25,7 +26,8 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use parking_lot::Mutex;
 
-use crate::bucket::{Entry, Hasher, Map};
+use crate::bucket::{Entry, Hasher, Map, Record};
+use crate::events::RemovalCause;
 
 /// The part of the bound an entry carries: how often it was read (0 to 3) in the low two bits,
 /// and which admission of its key it is in the rest (what tells a queued key from a key that
@@ -186,12 +188,14 @@ impl<K: Eq + Hash + Clone> Bound<K> {
     /// Removes one entry from `map` if the bucket holds more than the bound less `reserve`
     /// (room kept for what else counts against it), and returns it: the next S3-FIFO victim.
     /// An entry past its expiry at `now` met on the way is the victim at once. The caller
-    /// holds the bucket's write gate.
+    /// holds the bucket's write gate; the removal is reported to `record` under the victim's
+    /// lock.
     pub(crate) fn evict<V>(
         &self,
         map: &Map<K, V>,
         reserve: usize,
         now: u64,
+        record: &impl Record<K, V>,
     ) -> Option<Evicted<K, V>> {
         let max = self.max.saturating_sub(reserve).max(1);
         let mut q = self.queues.lock();
@@ -231,7 +235,19 @@ impl<K: Eq + Hash + Clone> Bound<K> {
                 q.main.push_back((key, id));
                 continue;
             }
-            let Some(removed) = map.remove_if(&key, |_, e| e.meta.id() == id) else {
+            let victim = |k: &K, e: &Entry<V>| {
+                let ours = e.meta.id() == id;
+                if ours {
+                    let cause = if e.expired(now) {
+                        RemovalCause::Expired
+                    } else {
+                        RemovalCause::Evicted
+                    };
+                    record.removed(k, &e.value, cause);
+                }
+                ours
+            };
+            let Some(removed) = map.remove_if(&key, victim) else {
                 continue;
             };
             q.resident -= 1;

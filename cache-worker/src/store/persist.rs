@@ -150,7 +150,7 @@ pub(crate) fn restore_snapshot<W: CacheWorker>(
     };
     let restored = map.len();
     let count = expired.len();
-    inner.bucket.restore(map);
+    inner.bucket.restore(map, || {});
     let version = DumpVersion {
         version: snapshot.version.unwrap_or(0),
         exact: snapshot.exact && snapshot.version.is_some(),
@@ -178,22 +178,28 @@ pub(crate) fn batch<W: CacheWorker>(
 ) -> Batch<Key<W>, Value<W>> {
     if let Some(from) = written {
         let now = inner.clock.now_ms();
-        let map = inner.bucket.current();
-        let log = inner.write_order.lock();
-        if let Some(records) = log.records_since(from, now) {
+        let log = inner.log();
+        // Copied out first: nothing that holds the log waits for a lock of the bucket.
+        let records: Option<(u64, Vec<_>)> = log.records_since(from, now).map(|records| {
+            let copied = records
+                .map(|r| (r.version, r.key.clone(), r.value.clone(), r.at_ms))
+                .collect();
+            (log.version(), copied)
+        });
+        drop(log);
+        if let Some((version, records)) = records {
+            let map = inner.bucket.current();
             let changes = records
-                .map(|record| Written {
-                    version: record.version,
-                    key: record.key.clone(),
-                    entry: record
-                        .value
-                        .as_ref()
-                        .map(|value| stored_as(&map, &record.key, value.clone(), record.at_ms)),
+                .into_iter()
+                .map(|(version, key, value, at_ms)| Written {
+                    version,
+                    entry: value.map(|value| stored_as(&map, &key, value, at_ms)),
+                    key,
                 })
                 .collect();
             return Batch::Changes {
                 from,
-                version: log.version(),
+                version,
                 changes,
             };
         }

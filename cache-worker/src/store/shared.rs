@@ -5,16 +5,18 @@
 //! This is the node-side half, which knows the bucket and nothing of Redis: a node's role,
 //! how a follower applies a change or a whole copy, and where its writes go instead of its map.
 
+use std::cell::Cell;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
 use tokio::sync::mpsc;
 
 use crate::CacheWorker;
-use crate::bucket::{Change, Entry, Hasher, Map};
+use crate::bucket::{Change, Entry, Hasher, Map, Record};
 use crate::events::{Event, RemovalCause};
 use crate::inner::{Inner, Key, Source, Value};
 use crate::refresh::Command;
+use crate::versions::log::ChangeLog;
 
 /// A write a follower sends to the leader instead of making it.
 pub(crate) enum Forward<K, V> {
@@ -97,50 +99,42 @@ impl<W: CacheWorker> Inner<W> {
         version: u64,
         prev: u64,
     ) -> bool {
-        let now = self.clock.now_ms();
-        let mut log = self.write_order.lock();
-        if log.version() != prev || version <= prev {
+        if self.log().version() != prev || version <= prev {
             return false;
         }
-        if version != prev + 1 {
-            // A new leader's first change: it went on from its own clock.
-            log.rebase(version - 1, Some(prev));
-        }
+        let now = self.clock.now_ms();
+        let at = entry.as_ref().map_or(now, |e| e.loaded_at);
+        let leader = FromLeader {
+            inner: self,
+            at,
+            version,
+            prev,
+            in_order: Cell::new(true),
+        };
         match entry {
             Some(entry) => {
                 let value = entry.value.clone();
-                let at = entry.loaded_at;
-                let change = match self.bucket.store(key.clone(), entry) {
-                    // Expiry is the leader's: the removal would have come as its own change.
-                    Change::AfterExpiry { expired } => Change::Updated { previous: expired },
-                    change => change,
-                };
-                if let Change::Unchanged = change {
-                    // Still the leader's version: this copy moves with it.
-                    log.append(&key, Some(value.clone()), Some(value.clone()), at);
+                let schedule = self.timed(&key, &value).then(|| key.clone());
+                self.bucket.store(key, entry, &leader);
+                if let Some(key) = schedule {
+                    self.schedule(key);
                 }
-                self.after_change(
-                    &mut log,
-                    at,
-                    key.clone(),
-                    value.clone(),
-                    change,
-                    Source::Remote,
-                );
-                drop(log);
-                self.schedule(&key, &value);
             }
-            None => match self.bucket.remove(&key) {
-                Some((key, old)) => {
-                    self.after_remove(&mut log, now, key, old.value, RemovalCause::Gone);
-                }
-                None => {
+            None => {
+                if self
+                    .bucket
+                    .remove(&key, |_| RemovalCause::Gone, &leader)
+                    .is_none()
+                {
                     // Nothing here to remove: only the version moves.
-                    log.append(&key, None, None, now);
+                    let mut log = self.log();
+                    if leader.next(&mut log) {
+                        let _ = log.append(&key, None, None, now);
+                    }
                 }
-            },
+            }
         }
-        true
+        leader.in_order.get()
     }
 
     /// Replaces the whole bucket with a copy at `version` from the shared store, and goes on
@@ -151,11 +145,11 @@ impl<W: CacheWorker> Inner<W> {
             map.insert(key, entry);
         }
         let count = map.len();
-        let mut log = self.write_order.lock();
-        self.bucket.restore(map);
-        log.rebase(version, None);
-        self.emit(|| Event::Resynced { count, version });
-        drop(log);
+        self.bucket.restore(map, || {
+            let mut log = self.log();
+            log.rebase(version, None);
+            self.emit(|| Event::Resynced { count, version });
+        });
         tracing::info!(
             bucket = self.bucket_name(),
             entries = count,
@@ -169,6 +163,73 @@ impl<W: CacheWorker> Inner<W> {
     /// Moves this copy to `version` (the shared store's), keeping its entries: after a warm
     /// start from the store, whose entries are this copy.
     pub(crate) fn adopt_version(&self, version: u64, alias: Option<u64>) {
-        self.write_order.lock().rebase(version, alias);
+        self.log().rebase(version, alias);
+    }
+}
+
+/// What a follower records of a change the leader made at `version`, right after `prev`:
+/// reported by the write, with the key's lock held, like a change of its own.
+struct FromLeader<'a, W: CacheWorker> {
+    inner: &'a Inner<W>,
+    /// When the change was made (ms).
+    at: u64,
+    version: u64,
+    prev: u64,
+    /// Cleared if the log was no longer at `prev` when the change came to it.
+    in_order: Cell<bool>,
+}
+
+impl<W: CacheWorker> FromLeader<'_, W> {
+    /// Whether the log is at `prev`; it then goes on so that its next version is `version`
+    /// (a new leader's first change goes on from its own clock).
+    fn next(&self, log: &mut ChangeLog<Key<W>, Value<W>>) -> bool {
+        if log.version() != self.prev {
+            self.in_order.set(false);
+            return false;
+        }
+        if self.version != self.prev + 1 {
+            log.rebase(self.version - 1, Some(self.prev));
+        }
+        true
+    }
+}
+
+impl<W: CacheWorker> Record<Key<W>, Value<W>> for FromLeader<'_, W> {
+    fn stored(&self, key: &Key<W>, value: &Arc<Value<W>>, change: &Change<Value<W>>) {
+        // Expiry is the leader's: the removal would have come as its own change.
+        let updated;
+        let change = match change {
+            Change::AfterExpiry { expired } => {
+                updated = Change::Updated {
+                    previous: expired.clone(),
+                };
+                &updated
+            }
+            change => change,
+        };
+        self.inner.count_stored(key, change, Source::Remote);
+        let mut log = self.inner.log();
+        if !self.next(&mut log) {
+            return;
+        }
+        if let Change::Unchanged = change {
+            // Still the leader's version: this copy moves with it.
+            let _ = log.append(key, Some(value.clone()), Some(value.clone()), self.at);
+        }
+        let displaced = self.inner.log_stored(&mut log, self.at, key, value, change);
+        drop(log);
+        drop(displaced);
+        self.inner.mark_dirty();
+    }
+
+    fn removed(&self, key: &Key<W>, value: &Arc<Value<W>>, cause: RemovalCause) {
+        self.inner.count_removed(key, cause);
+        let mut log = self.inner.log();
+        if self.next(&mut log) {
+            let displaced = self.inner.log_removed(&mut log, self.at, key, value, cause);
+            drop(log);
+            drop(displaced);
+            self.inner.mark_dirty();
+        }
     }
 }

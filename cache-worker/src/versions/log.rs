@@ -1,9 +1,15 @@
 //! The version log: the bucket's current version and the changes retained for delta sync.
 //!
-//! The log is the worker's write order: every change of the bucket is made, versioned, logged
-//! and announced with the log's lock held, so versions follow the order of the changes, the
-//! retained changes are contiguous by construction, and the events carry the versions in the
-//! order they are sent.
+//! A write takes its change's version from one counter while it still holds its key's lock in
+//! the map, so versions follow the order of each key's changes, and queues the change's record
+//! in its thread's stripe of [`VersionLog`]. Whoever next locks the log (a reader, a write that
+//! filled its stripe, every write while someone listens for events) first moves the queued
+//! records into it, in version order, as far as they run without a gap, and sends their events
+//! in that order: so the retained changes are contiguous, the events carry consecutive
+//! versions, and writes of different keys take no lock in common. A reader waits for the
+//! records of every version given out when it came (each is queued under its stripe's lock,
+//! right after its version is taken), so it sees its own writes. Nothing that holds the log's
+//! lock waits for a lock of the map.
 //!
 //! Versions are seeded from the wall clock at every start: the first version of a run is at
 //! least the start time in microseconds since the Unix epoch, and each change adds one. Within
@@ -19,9 +25,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crossbeam_utils::CachePadded;
+use parking_lot::{Mutex, MutexGuard};
 use serde::Serialize;
 
+use crate::events::RemovalCause;
 use crate::prefetch::{prefetch, prefetch_arc, prefetch_serialized};
+use crate::stats::{STRIPES, stripe};
+
+/// How many records a stripe queues before the write that queued the last one moves them
+/// into the log (if the log is free; at [`STRIPE_FULL`] it waits for it).
+const STRIPE_BATCH: usize = 64;
+const STRIPE_FULL: usize = 4096;
 
 /// How many writes ahead [`ChangeLog::prefetch_next_oldest`] prefetches a record, and its
 /// key and values.
@@ -38,6 +53,152 @@ pub(crate) struct Record<K, V> {
     pub(crate) value: Option<Arc<V>>,
     /// The value before it; `None` if the key was absent.
     pub(crate) before: Option<Arc<V>>,
+}
+
+/// The records an append or a catch-up pushed out of the log (or, if nothing is retained, the
+/// ones it took in): dropped by whoever holds them, after the log's lock. The last reference
+/// to an old value frees it, which no other write should wait for.
+#[must_use = "dropped after the log's lock is released"]
+pub(crate) struct Displaced<K, V> {
+    _one: Option<Record<K, V>>,
+    _many: Vec<Record<K, V>>,
+}
+
+impl<K, V> Displaced<K, V> {
+    pub(crate) fn none() -> Self {
+        Displaced {
+            _one: None,
+            _many: Vec::new(),
+        }
+    }
+}
+
+/// A change whose version is taken, queued for the log.
+pub(crate) struct Pending<K, V> {
+    record: Record<K, V>,
+    /// Why it was removed, if this is a removal: for its event.
+    cause: Option<RemovalCause>,
+}
+
+/// The queues of changes on their way into the log, one per thread stripe, each on its own
+/// cache line.
+type Stripes<K, V> = [CachePadded<Mutex<Vec<Pending<K, V>>>>; STRIPES];
+
+/// The log, and the counter and queues of the writes on their way into it (see the module's
+/// documentation).
+pub(crate) struct VersionLog<K, V> {
+    /// The last version given out, to a change that may still be queued.
+    taken: Arc<CachePadded<AtomicU64>>,
+    /// The log's `published`.
+    published: Arc<AtomicU64>,
+    stripes: Stripes<K, V>,
+    log: Mutex<ChangeLog<K, V>>,
+}
+
+impl<K: Clone + Eq + Hash + Serialize, V> VersionLog<K, V> {
+    pub(crate) fn new(log: ChangeLog<K, V>) -> Self {
+        VersionLog {
+            taken: log.taken.clone(),
+            published: log.published.clone(),
+            stripes: std::array::from_fn(|_| CachePadded::new(Mutex::new(Vec::new()))),
+            log: Mutex::new(log),
+        }
+    }
+
+    /// The last version given out: every change up to it is in the map, and its record is in
+    /// the log or on its way.
+    pub(crate) fn taken(&self) -> u64 {
+        self.taken.load(Ordering::SeqCst)
+    }
+
+    /// `taken`, shared: what outlives the worker to mark where its run ended.
+    pub(crate) fn taken_handle(&self) -> Arc<CachePadded<AtomicU64>> {
+        self.taken.clone()
+    }
+
+    /// The last version whose change, and every one before it, is in the log.
+    pub(crate) fn published(&self) -> u64 {
+        self.published.load(Ordering::Acquire)
+    }
+
+    /// Takes the next version for a change made at `at_ms` and queues its record. Called with
+    /// the key's lock held, so that the versions of a key follow its writes; the version is
+    /// taken under the stripe's lock, so that a reader that waits for it finds it queued once
+    /// it gets that lock. Returns the version and how many records the stripe now holds.
+    pub(crate) fn queue(
+        &self,
+        key: &K,
+        value: Option<Arc<V>>,
+        before: Option<Arc<V>>,
+        at_ms: u64,
+        cause: Option<RemovalCause>,
+    ) -> (u64, usize) {
+        let mut record = Record {
+            version: 0,
+            at_ms,
+            key: key.clone(),
+            value,
+            before,
+        };
+        let mut queue = self.stripes[stripe()].lock();
+        record.version = self.taken.fetch_add(1, Ordering::SeqCst) + 1;
+        let version = record.version;
+        queue.push(Pending { record, cause });
+        (version, queue.len())
+    }
+
+    /// Whether a write whose stripe holds `queued` records should move them into the log now:
+    /// `Some(true)` waiting for its lock, `Some(false)` only if it is free.
+    pub(crate) fn due(queued: usize) -> Option<bool> {
+        (queued >= STRIPE_BATCH).then_some(queued >= STRIPE_FULL)
+    }
+
+    /// The log as it is, queued changes left where they are: for what only moves it to another
+    /// version (which no queued change may be waiting for) or drops old changes.
+    pub(crate) fn lock_as_is(&self) -> MutexGuard<'_, ChangeLog<K, V>> {
+        self.log.lock()
+    }
+
+    pub(crate) fn try_lock(&self) -> Option<MutexGuard<'_, ChangeLog<K, V>>> {
+        self.log.try_lock()
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, ChangeLog<K, V>> {
+        self.log.lock()
+    }
+
+    /// Moves the queued records into `log` (see [`ChangeLog::absorb`]).
+    pub(crate) fn absorb(
+        &self,
+        log: &mut ChangeLog<K, V>,
+        sent: impl FnMut(&Record<K, V>, Option<RemovalCause>),
+    ) -> Displaced<K, V> {
+        log.absorb(&self.stripes, sent)
+    }
+
+    /// The log, once every change given a version before this call is in it (its events sent
+    /// through `sent`): what every reader of the changes takes.
+    pub(crate) fn caught_up(
+        &self,
+        mut sent: impl FnMut(&Record<K, V>, Option<RemovalCause>),
+    ) -> MutexGuard<'_, ChangeLog<K, V>> {
+        let target = self.taken();
+        let mut log = self.log.lock();
+        let backoff = crossbeam_utils::Backoff::new();
+        loop {
+            let displaced = log.absorb(&self.stripes, &mut sent);
+            // A move to another version (a follower's rebase) sets both: then nothing is due.
+            if log.version >= target.min(self.taken()) {
+                drop(displaced);
+                return log;
+            }
+            // A version taken whose record its writer is queueing right now.
+            MutexGuard::unlocked(&mut log, || {
+                drop(displaced);
+                backoff.snooze();
+            });
+        }
+    }
 }
 
 /// One key's changes since a version, merged: its value then and its value now.
@@ -94,6 +255,11 @@ pub(crate) struct ChangeLog<K, V> {
     ttl_ms: u64,
     /// `version`, readable without the lock.
     published: Arc<AtomicU64>,
+    /// The last version given out (see [`VersionLog`]): at `version` unless changes are queued.
+    taken: Arc<CachePadded<AtomicU64>>,
+    /// Changes taken in from the queues that wait for an earlier one still queued, in version
+    /// order.
+    held: Vec<Pending<K, V>>,
 }
 
 impl<K: Clone + Eq + Hash + Serialize, V> ChangeLog<K, V> {
@@ -108,12 +274,17 @@ impl<K: Clone + Eq + Hash + Serialize, V> ChangeLog<K, V> {
             threshold,
             ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
             published: Arc::new(AtomicU64::new(seed)),
+            taken: Arc::new(CachePadded::new(AtomicU64::new(seed))),
+            held: Vec::new(),
         }
     }
 
-    /// The current version, shared: readers load it without the lock.
-    pub(crate) fn published(&self) -> Arc<AtomicU64> {
-        self.published.clone()
+    /// Goes on at `version`: nothing may be queued, and no write may be taking a version.
+    fn set_version(&mut self, version: u64) {
+        debug_assert!(self.held.is_empty(), "moved with changes queued");
+        self.version = version;
+        self.published.store(version, Ordering::Release);
+        self.taken.store(version, Ordering::SeqCst);
     }
 
     pub(crate) fn version(&self) -> u64 {
@@ -130,11 +301,10 @@ impl<K: Clone + Eq + Hash + Serialize, V> ChangeLog<K, V> {
             return;
         }
         let start = self.version.max(dumped);
-        self.version = start;
+        self.set_version(start);
         self.floor = start;
         self.start = start;
         self.alias = (exact && dumped < start).then_some(dumped);
-        self.published.store(start, Ordering::Release);
     }
 
     /// Goes on at `version`, a version given by another node of a shared bucket (whose copy
@@ -142,30 +312,95 @@ impl<K: Clone + Eq + Hash + Serialize, V> ChangeLog<K, V> {
     /// bucket, except one at `alias`, which is at `version` too.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn rebase(&mut self, version: u64, alias: Option<u64>) {
-        self.version = version;
+        self.set_version(version);
         self.floor = version;
         self.start = version;
         self.alias = alias.filter(|&a| a != version);
         self.records.clear();
-        self.published.store(version, Ordering::Release);
     }
 
-    /// Records one change, made at `now_ms`, and returns its version. Once the log holds
-    /// `delta_threshold` changes, the oldest one's record is reused for the new one (its key's
-    /// allocation too, through `clone_from`), so a write at steady state allocates nothing here.
+    /// Records one change, made at `now_ms`, and returns its version: for a node whose changes
+    /// come in one at a time (a follower's, from its leader) or with writes held off, so that
+    /// none is queued. Writes queue theirs instead ([`VersionLog::queue`]).
     pub(crate) fn append(
         &mut self,
         key: &K,
         value: Option<Arc<V>>,
         before: Option<Arc<V>>,
         now_ms: u64,
-    ) -> u64 {
-        self.version += 1;
-        let version = self.version;
+    ) -> (u64, Displaced<K, V>) {
+        let version = self.version + 1;
+        let displaced = self.place(Record {
+            version,
+            at_ms: now_ms,
+            key: key.clone(),
+            value,
+            before,
+        });
+        self.set_version(version);
+        (
+            version,
+            Displaced {
+                _one: displaced,
+                _many: Vec::new(),
+            },
+        )
+    }
+
+    /// Moves the records queued in `stripes` into the log, in version order, as far as they
+    /// run without a gap (the rest wait in `held` for the one still queued), and calls `sent`
+    /// with each, in that order. Once the log holds `delta_threshold` changes, each pushes
+    /// out the oldest.
+    fn absorb(
+        &mut self,
+        stripes: &Stripes<K, V>,
+        mut sent: impl FnMut(&Record<K, V>, Option<RemovalCause>),
+    ) -> Displaced<K, V> {
+        for stripe in stripes {
+            let mut queue = stripe.lock();
+            if !queue.is_empty() {
+                self.held.append(&mut queue);
+            }
+        }
+        if self.held.is_empty() {
+            return Displaced::none();
+        }
+        // Runs already in order (each stripe's): a merge, not a sort.
+        self.held.sort_by_key(|p| p.record.version);
+        let mut held = std::mem::take(&mut self.held);
+        let ready = held
+            .iter()
+            .zip(self.version + 1..)
+            .take_while(|(p, next)| p.record.version == *next)
+            .count();
+        let mut out = Vec::with_capacity(ready);
+        for Pending { record, cause } in held.drain(..ready) {
+            sent(&record, cause);
+            out.extend(self.place(record));
+        }
+        self.held = held;
+        self.published.store(self.version, Ordering::Release);
+        Displaced {
+            _one: None,
+            _many: out,
+        }
+    }
+
+    /// Puts the record of the next version at the end, and returns the one it pushes out.
+    fn place(&mut self, record: Record<K, V>) -> Option<Record<K, V>> {
+        debug_assert_eq!(
+            record.version,
+            self.version + 1,
+            "the version log has a gap"
+        );
+        self.version = record.version;
         if self.threshold == 0 {
-            self.floor = version;
-        } else if self.records.len() == self.threshold
-            && let Some(mut oldest) = self.records.pop_front()
+            self.floor = self.version;
+            return Some(record);
+        }
+        let mut out = None;
+        if self.records.len() == self.threshold
+            && let Some(oldest) = self.records.pop_front()
         {
             if self.records.capacity() > self.threshold {
                 // A ring of exactly `threshold` slots: the record pushed below then goes into
@@ -174,30 +409,17 @@ impl<K: Clone + Eq + Hash + Serialize, V> ChangeLog<K, V> {
             }
             self.prefetch_next_oldest();
             self.floor = oldest.version;
-            oldest.version = version;
-            oldest.at_ms = now_ms;
-            oldest.key.clone_from(key);
-            oldest.value = value;
-            oldest.before = before;
-            self.records.push_back(oldest);
-        } else {
-            self.records.push_back(Record {
-                version,
-                at_ms: now_ms,
-                key: key.clone(),
-                value,
-                before,
-            });
+            out = Some(oldest);
         }
-        self.published.store(version, Ordering::Release);
-        version
+        self.records.push_back(record);
+        out
     }
 
-    /// Starts loading what the writes after this one will reuse or drop: the record that goes
-    /// [`FAR`] writes from now, and the key and values of the one that goes [`NEAR`] writes
-    /// from now (its record is in cache by then). The oldest records were written thousands of
-    /// writes ago and their values are scattered, so each is a few cache misses, which this
-    /// overlaps with the writes in between instead of paying them in the write that reuses it.
+    /// Starts loading what the writes after this one will push out and drop: the record that
+    /// goes [`FAR`] writes from now, and the key and values of the one that goes [`NEAR`]
+    /// writes from now (its record is in cache by then). The oldest records were written
+    /// thousands of writes ago and their values are scattered, so each is a few cache misses,
+    /// which this overlaps with the writes in between instead of paying them all at once.
     #[inline]
     fn prefetch_next_oldest(&self) {
         if let Some(far) = self.records.get(FAR) {
@@ -280,7 +502,7 @@ impl<K: Clone + Eq + Hash + Serialize, V> ChangeLog<K, V> {
 
 impl<K, V> Drop for ChangeLog<K, V> {
     fn drop(&mut self) {
-        ended(self.version);
+        ended(self.version.max(self.taken.load(Ordering::SeqCst)));
     }
 }
 
@@ -325,6 +547,7 @@ mod tests {
         value: u32,
     ) -> u64 {
         log.append(&key, Some(Arc::new(value)), before.map(Arc::new), 0)
+            .0
     }
 
     fn shown(
@@ -366,7 +589,7 @@ mod tests {
         let mut l = log(10);
         let v0 = l.version();
         put(&mut l, "a", None, 1);
-        l.append(&"a", None, Some(Arc::new(1)), 0);
+        let _ = l.append(&"a", None, Some(Arc::new(1)), 0);
         assert!(l.since(v0, 0).expect("retained").is_empty());
     }
 
@@ -375,7 +598,7 @@ mod tests {
         let mut l = log(10);
         put(&mut l, "a", None, 1);
         let v1 = l.version();
-        l.append(&"a", None, Some(Arc::new(1)), 0);
+        let _ = l.append(&"a", None, Some(Arc::new(1)), 0);
         put(&mut l, "a", None, 2);
         assert_eq!(
             shown(&l.since(v1, 0).expect("retained")),
@@ -401,9 +624,9 @@ mod tests {
     fn the_age_limit_drops_old_changes_and_answers_full_for_them() {
         let mut l: ChangeLog<&str, u32> = ChangeLog::new(10, Duration::from_millis(100));
         let v0 = l.version();
-        l.append(&"a", Some(Arc::new(1)), None, 1_000);
+        let _ = l.append(&"a", Some(Arc::new(1)), None, 1_000);
         let v1 = l.version();
-        l.append(&"b", Some(Arc::new(2)), None, 1_150);
+        let _ = l.append(&"b", Some(Arc::new(2)), None, 1_150);
         assert!(l.since(v0, 1_200).is_none(), "its first change is too old");
         assert_eq!(l.since(v1, 1_200).expect("young enough").len(), 1);
         l.prune(1_200);

@@ -1,15 +1,15 @@
 //! Versions and delta sync: every change of a bucket gets the next version, and a client that
 //! holds a copy at version `V` asks for what changed since.
 //!
-//! The retained changes live in [`log::ChangeLog`], which is also the worker's write order: a
-//! change takes its version, goes into the log and has its event sent under one lock, so
-//! versions, the log and the events follow one order.
+//! The retained changes live in [`log::ChangeLog`]: a write takes its change's version while
+//! it holds its key's lock, and the log takes the changes in, and sends their events, in the
+//! order of their versions ([`log::VersionLog`]), so versions, the log and the events follow
+//! one order, that of each key's writes.
 
 pub(crate) mod log;
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::CacheWorker;
@@ -162,21 +162,21 @@ impl<K, V> From<Synced<K, V>> for Changes<K, V> {
 /// The entries of a full snapshot.
 type Entries<W> = Vec<(Key<W>, Arc<Value<W>>)>;
 
-/// How many times a full snapshot is read without the write order before it is read with it
-/// held (which makes writers wait for the whole read).
+/// How many times a full snapshot is read with writes going on before it is read with them
+/// held off (which makes writers wait for the whole read).
 const SNAPSHOT_ATTEMPTS: usize = 3;
 
 impl<W: CacheWorker> Inner<W> {
     /// The bucket's current version.
     pub(crate) fn current_version(&self) -> u64 {
-        self.version.load(Ordering::Acquire)
+        self.log.taken()
     }
 
     /// What a client at `since` needs to be at the current version.
     pub(crate) fn sync(&self, since: Option<u64>) -> Synced<Key<W>, Value<W>> {
         if let Some(since) = since {
             let now = self.clock.now_ms();
-            let log = self.write_order.lock();
+            let log = self.log();
             let version = log.version();
             if since == version {
                 return Synced::NoChange { version };
@@ -196,16 +196,16 @@ impl<W: CacheWorker> Inner<W> {
     /// Every live entry, and the version they are at.
     ///
     /// Read without blocking writers: every change up to the version read first is in the
-    /// map, the walk may see some later ones, and the version read after it, under the write
-    /// order, counts every change it may have seen. The changes between the two, from the log,
+    /// map (a change is versioned before its key's lock is let go), the walk may see some
+    /// later ones, and the version read after it, from the log, counts every change it may
+    /// have seen. The changes between the two, from the log,
     /// then bring every key the walk may have seen mid-change to its value at the second.
-    /// Without them (not retained), the walk is retried, and at last made with the write
-    /// order held.
+    /// Without them (not retained), the walk is retried, and at last made with writes held off.
     pub(crate) fn snapshot(&self) -> (u64, Entries<W>) {
         for _ in 0..SNAPSHOT_ATTEMPTS {
             let before = self.current_version();
             let mut entries = self.live_entries();
-            let log = self.write_order.lock();
+            let log = self.log();
             let version = log.version();
             if version == before {
                 return (version, entries);
@@ -222,8 +222,10 @@ impl<W: CacheWorker> Inner<W> {
                 return (version, entries);
             }
         }
-        let log = self.write_order.lock();
-        (log.version(), self.live_entries())
+        // Writes held off (readers go on), so the version read is the walk's.
+        let _writes = self.bucket.hold_writes();
+        let version = self.log().version();
+        (version, self.live_entries())
     }
 
     fn live_entries(&self) -> Entries<W> {
@@ -253,7 +255,7 @@ pub(crate) fn spawn_pruner<W: CacheWorker>(inner: Arc<Inner<W>>) -> tokio::task:
                 () = inner.cancel.cancelled() => return,
             }
             let now = inner.clock.now_ms();
-            inner.write_order.lock().prune(now);
+            inner.log.lock_as_is().prune(now);
         }
     })
 }
