@@ -113,6 +113,17 @@ impl<V> Clone for Entry<V> {
 
 pub(crate) type Map<K, V> = DashMap<K, Entry<V>, Hasher>;
 
+/// How many shards (each with its own lock) a bucket's map has. DashMap's default is four per
+/// core (8 here); a write holds its shard's lock while it takes its version and queues its
+/// change, so with few shards two writers meet on one lock often enough to park there. Reads
+/// cost the same with any number.
+const SHARDS: usize = 64;
+
+/// An empty map with room for `capacity` entries.
+pub(crate) fn new_map<K: Eq + std::hash::Hash, V>(capacity: usize) -> Map<K, V> {
+    Map::with_capacity_and_hasher_and_shard_amount(capacity, Hasher::default(), SHARDS)
+}
+
 /// What a write did to the bucket.
 pub(crate) enum Change<V> {
     Inserted,
@@ -175,7 +186,7 @@ impl<K: Eq + Hash + Clone, V: PartialEq> Bucket<K, V> {
     pub(crate) fn new(clock: Clock, max_entries: Option<usize>) -> Self {
         Bucket {
             bound: max_entries.map(Bound::new),
-            map: ArcSwap::from_pointee(Map::with_hasher(Hasher::default())),
+            map: ArcSwap::from_pointee(new_map(0)),
             writers: Gate::new(),
             clock,
             writes: AtomicU64::new(0),
@@ -600,7 +611,7 @@ impl<K: Eq + Hash + Clone, V: PartialEq> Bucket<K, V> {
             }
             _ => (entries, usize::MAX),
         };
-        let new = Map::with_capacity_and_hasher(entries.len().min(room), Hasher::default());
+        let new = new_map(entries.len().min(room));
         let mut changes = Vec::new();
         for (key, mut entry) in entries {
             if new.contains_key(&key) {

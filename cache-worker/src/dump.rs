@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::CacheWorker;
 use crate::Error;
-use crate::bucket::{Entry, Hasher, Map};
+use crate::bucket::{Entry, Hasher, Map, new_map};
 use crate::codec::{self, Block, DecodeError, DumpVersion, ReadError, Sealed};
 use crate::inner::{Inner, Key, Value};
 use crate::prefetch::{prefetch, prefetch_serialized};
@@ -490,7 +490,7 @@ where
         let (batches, incoming) = std::sync::mpsc::sync_channel::<Vec<(K, Entry<V>)>>(4);
         let (sizes, size) = std::sync::mpsc::sync_channel::<usize>(1);
         let inserter = scope.spawn(move || {
-            let map = Map::with_capacity_and_hasher(size.recv().unwrap_or(0), Hasher::default());
+            let map = new_map(size.recv().unwrap_or(0));
             for batch in incoming {
                 for (key, entry) in batch {
                     map.insert(key, entry);

@@ -2,6 +2,7 @@
 //! one place where the bucket changes: every write goes through here so that events, stats,
 //! dumps and schedules follow every change the same way.
 
+use std::cell::Cell;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,7 +23,9 @@ use crate::refresh::Command;
 use crate::stats::Counters;
 use crate::store::DynStore;
 use crate::store::persist::{self, Persisting};
-use crate::versions::log::{ChangeLog, Displaced, Record as LogRecord, VersionLog};
+#[cfg(feature = "redis")]
+use crate::versions::log::Displaced;
+use crate::versions::log::{ChangeLog, Record as LogRecord, VersionLog};
 use crate::{CacheWorker, FetchError};
 
 pub(crate) type Key<W> = <W as CacheWorker>::Key;
@@ -187,6 +190,7 @@ impl<W: CacheWorker> Inner<W> {
             inner: self,
             at,
             source,
+            last: Cell::new(None),
         }
     }
 
@@ -298,6 +302,7 @@ impl<W: CacheWorker> Inner<W> {
     /// its event (an expiry first, for [`Change::AfterExpiry`]; nothing for
     /// [`Change::Unchanged`]): a follower's record of its leader's change, with the key's lock
     /// and the log held (see [`ChangeLog::append`]).
+    #[cfg(feature = "redis")]
     pub(crate) fn log_stored(
         &self,
         log: &mut ChangeLog<Key<W>, Value<W>>,
@@ -346,6 +351,7 @@ impl<W: CacheWorker> Inner<W> {
 
     /// Versions and logs the removal of `key`, which held `value`, and emits its event (see
     /// [`log_stored`](Self::log_stored)).
+    #[cfg(feature = "redis")]
     pub(crate) fn log_removed(
         &self,
         log: &mut ChangeLog<Key<W>, Value<W>>,
@@ -513,12 +519,17 @@ impl<W: CacheWorker> Inner<W> {
 }
 
 /// What a write reports to while it holds its key's lock: counts the change, then takes its
-/// version and queues it for the log (see [`VersionLog`]).
+/// version and queues it for the log (see [`VersionLog`]). Dropped once the write has let its
+/// key's lock go, it moves what is queued into the log (see [`Inner::publish`]): so no write
+/// waits for a key's lock while another moves the log on, however long that takes.
 pub(crate) struct Recorder<'a, W: CacheWorker> {
     inner: &'a Inner<W>,
     /// When the change was made (ms).
     at: u64,
     source: Source,
+    /// The version of the last change queued through it, and how many records its stripe
+    /// held then: what to publish when it is dropped.
+    last: Cell<Option<(u64, usize)>>,
 }
 
 impl<W: CacheWorker> Recorder<'_, W> {
@@ -533,7 +544,21 @@ impl<W: CacheWorker> Recorder<'_, W> {
         // After the version is taken: a store's batch that finds the mark reads the log
         // after it, so it has the change.
         self.inner.mark_dirty();
-        self.inner.publish(version, queued);
+        let mut queued = queued;
+        if VersionLog::<Key<W>, Value<W>>::due(queued) == Some(true) {
+            // A stripe this full (a bulk swap's changes) is moved in before it grows more.
+            self.inner.publish(version, queued);
+            queued = 0;
+        }
+        self.last.set(Some((version, queued)));
+    }
+}
+
+impl<W: CacheWorker> Drop for Recorder<'_, W> {
+    fn drop(&mut self) {
+        if let Some((version, queued)) = self.last.take() {
+            self.inner.publish(version, queued);
+        }
     }
 }
 
@@ -568,8 +593,10 @@ impl<W: CacheWorker> Inner<W> {
     }
 
     /// Moves the queued changes into the log after a write of `version` queued its own (its
-    /// stripe now holding `queued`): at once while anyone listens for events, so that they
-    /// get it before the write returns; otherwise in batches, whenever a stripe fills.
+    /// stripe then holding `queued`): at once while anyone listens for events, so that they
+    /// get it before the write returns; otherwise in batches, whenever a stripe fills. Called
+    /// once the write has let its key's lock go (by [`Recorder`]'s drop), except for a full
+    /// stripe.
     fn publish(&self, version: u64, queued: usize) {
         // Read after the write queued its change: a subscriber that comes after this read
         // moves it into the log itself (see `subscribe`).

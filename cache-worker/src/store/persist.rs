@@ -9,7 +9,7 @@ use tokio::sync::Notify;
 
 use super::{Batch, BucketId, DynStore, Snapshot, Stored, Written};
 use crate::CacheWorker;
-use crate::bucket::{Entry, Hasher, Map, NEVER};
+use crate::bucket::{Entry, Map, NEVER, new_map};
 use crate::codec::DumpVersion;
 use crate::inner::{Inner, Key, Value};
 use crate::start::StartKind;
@@ -112,7 +112,7 @@ pub(crate) fn restore_snapshot<W: CacheWorker>(
     snapshot: Snapshot<Key<W>, Value<W>>,
 ) -> (usize, usize) {
     let now = inner.clock.now_ms();
-    let map = Map::with_capacity_and_hasher(snapshot.entries.len(), Hasher::default());
+    let map = new_map(snapshot.entries.len());
     // A large snapshot fills the (concurrent) map from the cores there are.
     let mut entries = snapshot.entries;
     let parts = parts_for(entries.len());

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use tokio::sync::mpsc;
 
 use crate::CacheWorker;
-use crate::bucket::{Change, Entry, Hasher, Map, Record};
+use crate::bucket::{Change, Entry, Map, Record, new_map};
 use crate::events::{Event, RemovalCause};
 use crate::inner::{Inner, Key, Source, Value};
 use crate::refresh::Command;
@@ -140,7 +140,7 @@ impl<W: CacheWorker> Inner<W> {
     /// Replaces the whole bucket with a copy at `version` from the shared store, and goes on
     /// at that version. Subscribers get one [`Event::Resynced`].
     pub(crate) fn resync(&self, version: u64, entries: Vec<(Key<W>, Entry<Value<W>>)>) {
-        let map = Map::with_capacity_and_hasher(entries.len(), Hasher::default());
+        let map = new_map(entries.len());
         for (key, entry) in entries {
             map.insert(key, entry);
         }
