@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use tokio::sync::mpsc;
 
 use crate::CacheWorker;
-use crate::bucket::{Change, Entry, Map, Record, new_map};
+use crate::bucket::{Change, Entry, Record, new_map};
 use crate::events::{Event, RemovalCause};
 use crate::inner::{Inner, Key, Source, Value};
 use crate::refresh::Command;
