@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use cache_worker::Worker;
@@ -691,12 +693,19 @@ async fn a_copy_fed_by_the_stream_across_reconnects_is_the_bucket() {
         w.insert(format!("s{n}"), session(&format!("Film number {n}"), 100));
     }
     let served = Served::start(&w).await;
+    // The writer goes on past its 600 changes until the client has reconnected four times, so
+    // that reconnects happen while it writes however slow the machine is (a client that falls
+    // behind gets merged catch-ups, and catches up in fewer connections).
+    let reconnected = Arc::new(AtomicUsize::new(0));
     let writer = {
         let w = w.clone();
+        let reconnected = reconnected.clone();
         tokio::spawn(async move {
             let mut rng = Rng::new(7);
-            for _ in 0..600 {
+            let mut changes = 0;
+            while changes < 600 || (reconnected.load(Ordering::SeqCst) < 4 && changes < 60_000) {
                 random_change(&w, &mut rng);
+                changes += 1;
                 if rng.below(8) == 0 {
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
@@ -728,6 +737,7 @@ async fn a_copy_fed_by_the_stream_across_reconnects_is_the_bucket() {
             last_id = Some(message.version());
         }
         reconnects += 1;
+        reconnected.fetch_add(1, Ordering::SeqCst);
     }
     writer.await.expect("the writer");
     assert!(reconnects > 3, "{reconnects} reconnects");
