@@ -339,29 +339,10 @@ fn lookups_per_second(keys: &[String], threads: usize, lookup: &(dyn Fn(&str) + 
             )
         })
         .collect();
-    let start = std::sync::Barrier::new(threads + 1);
-    let elapsed = std::thread::scope(|s| {
-        let readers: Vec<_> = orders
-            .iter()
-            .map(|order| {
-                let start = &start;
-                s.spawn(move || {
-                    start.wait();
-                    for &i in order {
-                        lookup(keys[i].as_str());
-                    }
-                    Instant::now()
-                })
-            })
-            .collect();
-        start.wait();
-        let started = Instant::now();
-        let ended = readers
-            .into_iter()
-            .map(|r| r.join().unwrap())
-            .max()
-            .unwrap();
-        ended - started
+    let elapsed = together(&orders, |order| {
+        for &i in order {
+            lookup(keys[i].as_str());
+        }
     });
     (threads * PER_THREAD) as f64 / elapsed.as_secs_f64()
 }
@@ -1160,3 +1141,30 @@ const NOTES: &str = "
   made between the entries', are the suspect, not yet checked. Holding that worker in the same
   process also moved the peek row to 1.26×, so the row now uses a worker of one key.)
 ";
+
+/// Runs `work` once per item of `each`, each on its own thread, the threads started together:
+/// the time from their start to the end of the last one.
+fn together<T: Sync>(each: &[T], work: impl Fn(&T) + Sync) -> Duration {
+    let start = std::sync::Barrier::new(each.len() + 1);
+    std::thread::scope(|s| {
+        let threads: Vec<_> = each
+            .iter()
+            .map(|item| {
+                let (start, work) = (&start, &work);
+                s.spawn(move || {
+                    start.wait();
+                    work(item);
+                    std::time::Instant::now()
+                })
+            })
+            .collect();
+        start.wait();
+        let started = std::time::Instant::now();
+        let ended = threads
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .max()
+            .unwrap();
+        ended - started
+    })
+}

@@ -10,11 +10,11 @@
 
 use std::hint::black_box;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use dashmap::DashMap;
 
-use super::{Row, Session, bench_worker, key, session, started, xorshift_indexes_from};
+use super::{Row, Session, bench_worker, key, session, started, together, xorshift_indexes_from};
 
 /// Rounds per figure; the median is reported.
 const ROUNDS: usize = 5;
@@ -232,32 +232,13 @@ fn per_second(
     plan: &[Vec<Op>],
     apply: &Apply<'_>,
 ) -> f64 {
-    let start = std::sync::Barrier::new(plan.len() + 1);
-    let elapsed = std::thread::scope(|s| {
-        let threads: Vec<_> = plan
-            .iter()
-            .map(|ops| {
-                let start = &start;
-                s.spawn(move || {
-                    start.wait();
-                    for values in passes {
-                        for op in ops {
-                            let i = op.index as usize;
-                            apply(&keys[i], &values[i], op.write);
-                        }
-                    }
-                    Instant::now()
-                })
-            })
-            .collect();
-        start.wait();
-        let started = Instant::now();
-        let ended = threads
-            .into_iter()
-            .map(|t| t.join().unwrap())
-            .max()
-            .unwrap();
-        ended - started
+    let elapsed = together(plan, |ops: &Vec<Op>| {
+        for values in passes {
+            for op in ops {
+                let i = op.index as usize;
+                apply(&keys[i], &values[i], op.write);
+            }
+        }
     });
     let ops: usize = plan.iter().map(Vec::len).sum();
     (ops * passes.len()) as f64 / elapsed.as_secs_f64()
